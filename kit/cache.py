@@ -1,0 +1,163 @@
+"""Load-or-train with config hashing and atomic writes.
+
+A checkpoint is two files: ``<key>.pt`` (a dict of plain ``state_dict``s and tensors,
+loaded with ``torch.load(weights_only=True)``) and ``<key>.json`` (metadata: the
+config, the training history, and the SHA-256 of the ``.pt`` file). Both are written
+to a temporary file in the same folder and moved into place with ``os.replace``; the
+JSON is written last, so a checkpoint without its JSON -- or whose ``.pt`` does not
+match the recorded hash -- is incomplete and is never loaded as valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+__all__ = ["config_hash", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
+           "checkpoint_exists", "load_or_train", "CheckpointError"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, partial or corrupt."""
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj == int(obj) and abs(obj) < 2**53:
+        return float(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
+    """A short stable hash of a JSON-like config (key order does not matter)."""
+    blob = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$KIT_CACHE``, else ``runs/cache`` in the working directory."""
+    root = Path(cache_dir or os.environ.get("KIT_CACHE") or Path("runs") / "cache")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:
+    """Save ``state`` (state_dicts / tensors / numbers) to ``path`` (.pt) and ``meta`` beside it (.json)."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        raise ValueError(f"checkpoint path must end with .pt, got {path}")
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    data = buf.getvalue()
+    # remove a stale JSON first: from here until the new JSON lands, the checkpoint is incomplete
+    json_path = path.with_suffix(".json")
+    if json_path.exists():
+        json_path.unlink()
+    atomic_write_bytes(path, data)
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "meta": dict(meta or {})}
+    atomic_write_bytes(json_path, json.dumps(record, indent=1, default=str).encode())
+    return path
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    """True if both files of a complete checkpoint are present (the hash is checked on load)."""
+    path = Path(path)
+    return path.exists() and path.with_suffix(".json").exists()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns ``(state, meta)``.
+
+    Raises :class:`CheckpointError` naming the file if it is missing, partial
+    (no JSON), truncated or otherwise different from what was written.
+    """
+    path = Path(path)
+    json_path = path.with_suffix(".json")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not json_path.exists():
+        raise CheckpointError(f"checkpoint {path} is incomplete: its metadata file {json_path.name} is missing "
+                              "(a run was probably interrupted while saving); delete it and train again")
+    try:
+        record = json.loads(json_path.read_text())
+        expected = record["sha256"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint metadata {json_path} is unreadable ({e})") from None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {len(data)} bytes, expected "
+                              f"{record.get('bytes')} bytes with SHA-256 {expected[:12]}...; delete it and train again")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling error means a bad file
+        raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from None
+    return state, record.get("meta", {})
+
+
+def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]],
+                  cache_dir: str | os.PathLike | None = None, force: bool = False,
+                  verbose: bool = True) -> tuple[dict, dict]:
+    """Return ``(state, meta)`` from the cache if a checkpoint for ``(name, config)`` exists, else train.
+
+    ``train()`` must return ``(state, meta)``: a dict of state_dicts/tensors and a
+    JSON-serialisable dict (e.g. the training history). The key is
+    ``<name>-<hash(config)>``, so any change of configuration trains anew. A cached
+    checkpoint that fails its integrity check is reported and trained again (the bad
+    files are kept aside with a ``.corrupt`` suffix, not deleted).
+    """
+    root = cache_root(cache_dir)
+    key = f"{name}-{config_hash(config)}"
+    path = root / f"{key}.pt"
+    if not force and path.exists():
+        try:
+            state, meta = load_checkpoint(path)
+            meta = dict(meta)
+            meta["cached"] = True
+            if verbose:
+                print(f"[cache] loaded {path}")
+            return state, meta
+        except CheckpointError as e:
+            if verbose:
+                print(f"[cache] {e}; training again")
+            for p in (path, path.with_suffix(".json")):
+                if p.exists():
+                    os.replace(p, p.with_name(p.name + ".corrupt"))
+    state, meta = train()
+    meta = dict(meta)
+    meta["config"] = dict(config)
+    meta["key"] = key
+    save_checkpoint(path, state, meta)
+    meta["cached"] = False
+    if verbose:
+        print(f"[cache] saved {path}")
+    return dict(state), meta

@@ -1,0 +1,596 @@
+"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, and a
+generic image/label folder reader (BDD100K, CamVid, your own data).
+
+Every reader is a ``torch.utils.data.Dataset`` whose items are ``(image, label)``:
+
+* ``image``: float32 tensor ``[3, H, W]``, RGB in [0, 1];
+* ``label``: int64 tensor ``[H, W]``, train ids of the reader's label space, 255 = ignore.
+
+An optional ``transform(image, label) -> (image, label)`` (see ``kit.data.transforms``)
+is applied after loading. Readers expose ``classes`` (names) and ``num_classes``, list
+their files once at construction (sorted, deterministic) and read one file pair per
+``__getitem__``; nothing is loaded into memory up front.
+
+They check their input and fail loudly, naming the file or folder and the expected
+layout: a missing folder, an empty split or an image without its label raise
+``FileNotFoundError`` at construction; a label whose size differs from its image, a
+label in the wrong encoding (e.g. a color PNG) or a raw id that the mapping does not
+know raise ``ValueError`` when the item is read.
+
+Nothing is downloaded: point the readers at datasets you already have.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .labels import (
+    CITYSCAPES_CLASSES, CITYSCAPES_IDS, IGNORE_INDEX, SYNTHIA_IDS, IdMapping,
+    UnknownLabelIdError, subset_classes, subset_for,
+)
+from .transforms import image_to_tensor
+
+__all__ = [
+    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "FolderSegmentation",
+    "read_image", "read_label_ids", "read_synthia_label", "decode_png", "png_header",
+    "SegmentationFiles",
+]
+
+#: Resolutions used by the papers, as ``(H, W)`` (torch order; PIL sizes are (W, H)).
+RESIZE_PRESETS: dict[str, tuple[int, int]] = {
+    # AdaptSegNet / DAS3 / RIPU source images: GTA5 (native 1914x1052) resized to 1280x720.
+    "gta5_source": (720, 1280),
+    # SYNTHIA-RAND-CITYSCAPES (native 1280x760), used at native size by the DA papers.
+    "synthia_source": (760, 1280),
+    # AdaptSegNet / DAS3 target training: Cityscapes (native 2048x1024) at 1024x512.
+    "cityscapes_target": (512, 1024),
+    # RIPU target training: Cityscapes at 1280x640.
+    "cityscapes_target_ripu": (640, 1280),
+    # Evaluation: predictions are compared with the full-resolution 2048x1024 labels.
+    "cityscapes_eval": (1024, 2048),
+}
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # color type -> samples per pixel
+
+
+def png_header(path) -> dict:
+    """Width, height, bit depth, color type and interlace flag of a PNG (reads 33 bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    return {"width": w, "height": h, "bit_depth": depth, "color_type": ctype,
+            "interlace": interlace}
+
+
+def decode_png(path, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Decode an 8- or 16-bit, non-palette, non-interlaced PNG with numpy + zlib.
+
+    Returns ``[H, W, C]`` uint8 or uint16 with the full sample values (Pillow cannot
+    do this for 16-bit RGB/RGBA PNGs: it keeps only the high byte of each sample).
+    ``channels`` selects samples (e.g. ``[0]``); only the bytes of those samples are
+    unfiltered, which makes the decode of one channel several times cheaper.
+
+    Rows filtered with None/Sub/Up are undone row by row with vectorized numpy
+    (Sub is a cumulative sum mod 256). Average and Paeth depend on the already decoded
+    left neighbour, so when they occur the image is undone along anti-diagonals
+    (a wavefront: every pixel on one diagonal depends only on the two previous
+    diagonals), which is vectorized over up to ``min(H, W)`` pixels per step.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != _PNG_SIGNATURE:
+        raise ValueError(f"{path}: not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if ctype == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        raise ValueError(f"{path}: truncated PNG (no IHDR or IDAT chunk)")
+    width, height, depth, color_type, _, _, interlace = header
+    if color_type not in _PNG_CHANNELS or depth not in (8, 16) or interlace:
+        raise ValueError(f"{path}: decode_png handles 8/16-bit non-palette non-interlaced "
+                         f"PNGs; got bit depth {depth}, color type {color_type}, "
+                         f"interlace {interlace}")
+    n_ch = _PNG_CHANNELS[color_type]
+    bps = depth // 8  # bytes per sample
+    bpp = n_ch * bps  # bytes per pixel: the filters' "left neighbour" distance
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise ValueError(f"{path}: corrupt PNG data ({e})") from None
+    stride = width * bpp
+    if len(raw) < height * (stride + 1):
+        raise ValueError(f"{path}: truncated PNG data")
+    rows = np.frombuffer(raw, np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
+    ftypes = rows[:, 0]
+    if ftypes.max(initial=0) > 4:
+        raise ValueError(f"{path}: invalid PNG filter type {int(ftypes.max())}")
+    chans = list(range(n_ch)) if channels is None else [int(c) for c in channels]
+    if any(not 0 <= c < n_ch for c in chans):
+        raise ValueError(f"{path}: has {n_ch} channel(s), asked for {chans}")
+    lanes = [c * bps + k for c in chans for k in range(bps)]
+    filt = rows[:, 1:].reshape(height, width, bpp)[:, :, lanes]  # bytes are independent per lane
+    if ftypes.max(initial=0) <= 2:
+        out = _unfilter_rows(filt, ftypes)
+    else:
+        out = _unfilter_wavefront(filt, ftypes)
+    if bps == 2:
+        out = out.astype(np.uint16)
+        out = (out[:, :, 0::2] << 8) | out[:, :, 1::2]  # big-endian samples
+    return out
+
+
+def _unfilter_rows(filt: np.ndarray, ftypes: np.ndarray) -> np.ndarray:
+    """Undo None (0), Sub (1) and Up (2) filters: [H, W, L] uint8 (uint8 math wraps mod 256)."""
+    out = np.empty_like(filt)
+    prev = np.zeros_like(filt[0])
+    for r, f in enumerate(ftypes.tolist()):
+        if f == 0:
+            out[r] = filt[r]
+        elif f == 1:
+            np.cumsum(filt[r], axis=0, dtype=np.uint8, out=out[r])
+        else:
+            np.add(filt[r], prev, out=out[r])
+        prev = out[r]
+    return out
+
+
+def _unfilter_wavefront(filt: np.ndarray, ftypes: np.ndarray) -> np.ndarray:
+    """Undo any mix of the five PNG filters along anti-diagonals t = row + column.
+
+    Skewed storage ``S[t + 2, r + 1] = out[r, t - r]`` turns each diagonal into one
+    contiguous slice; left, up and up-left neighbours of diagonal t are slices of
+    diagonals t-1, t-1 and t-2. Two leading zero diagonals and one zero row stand in
+    for the image border (which PNG defines as 0).
+    """
+    h, w, lanes = filt.shape
+    rr = np.arange(h)[:, None]
+    tt = rr + np.arange(w)[None, :]
+    skew_raw = np.zeros((h + w - 1, h, lanes), np.int16)
+    skew_raw[tt, rr] = filt
+    s = np.zeros((h + w + 1, h + 1, lanes), np.int16)
+    f = ftypes.astype(np.int16)[:, None]
+    is_sub, is_up, is_avg, is_paeth = (f == 1), (f == 2), (f == 3), (f == 4)
+    for t in range(h + w - 1):
+        r0, r1 = max(0, t - w + 1), min(h - 1, t) + 1
+        a = s[t + 1, r0 + 1:r1 + 1]   # left      out[r, i-1]
+        b = s[t + 1, r0:r1]           # up        out[r-1, i]
+        c = s[t, r0:r1]               # up-left   out[r-1, i-1]
+        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        pred = (is_sub[r0:r1] * a + is_up[r0:r1] * b + is_avg[r0:r1] * ((a + b) >> 1)
+                + is_paeth[r0:r1] * paeth)
+        s[t + 2, r0 + 1:r1 + 1] = (skew_raw[t, r0:r1] + pred) & 0xFF
+    return s[tt + 2, rr + 1].astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_image(path) -> torch.Tensor:
+    """An RGB image file (PNG/JPEG; gray or RGBA converted) -> float32 ``[3,H,W]`` in [0, 1]."""
+    try:
+        with Image.open(path) as im:
+            return image_to_tensor(im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+
+
+def read_label_ids(path) -> np.ndarray:
+    """A single-channel label-id image (8-bit L/P, 16-bit I;16, 32-bit I) -> integer array.
+
+    Palette ('P') PNGs give their palette indices (GTA5 stores its ids that way).
+    Color-coded labels are refused: they need a color map (see FolderSegmentation).
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read label image ({e})") from None
+    raise ValueError(f"{path}: expected a single-channel label-id image (mode L or P: one id "
+                     f"per pixel), got mode {mode}. Is this a color visualization (e.g. "
+                     f"*_color.png) instead of the id map?")
+
+
+def read_synthia_label(path) -> np.ndarray:
+    """The class-id channel of a SYNTHIA ``GT/LABELS`` PNG, with full 16-bit values.
+
+    The official files are 16-bit multi-channel PNGs: class id in the first channel,
+    instance id in the second. Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB(A),
+    dropping the low byte of every sample (a class id 3 would read as 0), and OpenCV
+    is not a dependency; so such files are decoded by :func:`decode_png` (numpy +
+    zlib), keeping channel 0 only. Single-channel files (16-bit ``I;16`` or 8-bit, e.g.
+    re-saved labels) and 8-bit RGB files (channel 0 taken) are read by Pillow.
+    """
+    try:
+        head = png_header(path)
+    except ValueError:
+        head = None  # not a PNG: let Pillow try and report
+    if head is not None and head["bit_depth"] == 16 and head["color_type"] in (2, 4, 6):
+        return decode_png(path, channels=[0])[:, :, 0]
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+            mode = im.mode
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read label image ({e})") from None
+    if arr.ndim == 3:
+        if mode not in ("RGB", "RGBA", "LA"):
+            raise ValueError(f"{path}: unexpected label image mode {mode}")
+        arr = arr[:, :, 0]
+    return arr
+
+
+def _image_size(path) -> tuple[int, int]:
+    """(H, W) from the file header, without decoding pixels."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+    return h, w
+
+
+class SegmentationFiles(Dataset):
+    """Base reader: a fixed list of (image, label) files and a raw-id mapping.
+
+    Subclasses build the file lists; this class reads, checks sizes, maps ids with one
+    LUT gather and applies the transform.
+    """
+
+    layout: str = ""
+
+    def __init__(self, image_paths: Sequence[Path], label_paths: Sequence[Path],
+                 mapping: IdMapping | Callable, classes: Sequence[str],
+                 transform: Callable | None = None, max_items: int | None = None,
+                 label_reader: Callable = read_label_ids):
+        if len(image_paths) != len(label_paths):
+            raise ValueError("image and label lists differ in length")
+        if max_items is not None:
+            if max_items < 1:
+                raise ValueError(f"max_items must be positive, got {max_items}")
+            image_paths, label_paths = image_paths[:max_items], label_paths[:max_items]
+        self.image_paths = [Path(p) for p in image_paths]
+        self.label_paths = [Path(p) for p in label_paths]
+        self.mapping = mapping
+        self.classes = tuple(classes)
+        self.transform = transform
+        self.label_reader = label_reader
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def read_raw(self, index: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Image tensor and the raw (unmapped) label ids of item ``index``."""
+        img_path, lbl_path = self.image_paths[index], self.label_paths[index]
+        image = read_image(img_path)
+        raw = self.label_reader(lbl_path)
+        if tuple(image.shape[-2:]) != tuple(raw.shape[:2]):
+            raise ValueError(
+                f"size mismatch: image {img_path} is {image.shape[-1]}x{image.shape[-2]} "
+                f"(WxH) but its label {lbl_path} is {raw.shape[1]}x{raw.shape[0]}")
+        return image, raw
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        image, raw = self.read_raw(index)
+        label = torch.from_numpy(self.mapping(raw, source=str(self.label_paths[index])))
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self)} items, {self.num_classes} classes, "
+                f"transform={self.transform!r})")
+
+
+def _layout_error(kind: str, what: str, layout: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{kind}: {what}\nExpected layout:\n{layout}")
+
+
+def _require_dir(path: Path, kind: str, layout: str) -> None:
+    if not path.is_dir():
+        raise _layout_error(kind, f"folder not found: {path}", layout)
+
+
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    sfx = tuple(s.lower() for s in suffixes)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(sfx))
+
+
+def _pair(images: Sequence[Path], label_for: Callable[[Path], Path], kind: str,
+          layout: str) -> list[Path]:
+    labels = []
+    for img in images:
+        lbl = label_for(img)
+        if not lbl.is_file():
+            raise _layout_error(kind, f"image {img} has no label (looked for {lbl})", layout)
+        labels.append(lbl)
+    return labels
+
+
+# --------------------------------------------------------------------------- Cityscapes
+
+
+class Cityscapes(SegmentationFiles):
+    """Cityscapes fine annotations, mapped to the 19 train ids (or the 16/13 subset).
+
+    ``classes=16`` or ``13`` keeps the SYNTHIA-protocol subset, renumbered 0..15 / 0..12
+    (``kit.data.labels.SYNTHIA_16`` / ``SYNTHIA_13``), everything else -> 255. Every
+    Cityscapes label id (-1..33) is accepted; any other value raises.
+    """
+
+    layout = ("  <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png\n"
+              "  <root>/gtFine/<split>/<city>/<name>_gtFine_labelIds.png\n"
+              "  (split: train | val | test; e.g. leftImg8bit/val/frankfurt/"
+              "frankfurt_000000_000294_leftImg8bit.png)")
+
+    def __init__(self, root, split: str = "train", classes: int = 19,
+                 transform: Callable | None = None, max_items: int | None = None):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"Cityscapes: split must be train, val or test, got {split!r}")
+        subset = subset_for(classes)
+        root = Path(root)
+        kind = f"Cityscapes({root}, split={split!r})"
+        img_dir, lbl_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+        _require_dir(img_dir, kind, self.layout)
+        _require_dir(lbl_dir, kind, self.layout)
+        images = []
+        for city in sorted(p for p in img_dir.iterdir() if p.is_dir()):
+            images += sorted(city.glob("*_leftImg8bit.png"))
+        if not images:
+            raise _layout_error(kind, f"no <city>/*_leftImg8bit.png images in {img_dir}",
+                                self.layout)
+
+        def label_for(img: Path) -> Path:
+            name = img.name[:-len("_leftImg8bit.png")]
+            return lbl_dir / img.parent.name / f"{name}_gtFine_labelIds.png"
+
+        labels = _pair(images, label_for, kind, self.layout)
+        mapping = CITYSCAPES_IDS if classes == 19 else CITYSCAPES_IDS.then(subset)
+        super().__init__(images, labels, mapping, subset_classes(subset), transform, max_items)
+        self.root, self.split = root, split
+
+
+# --------------------------------------------------------------------------- GTA5
+
+
+class GTA5(SegmentationFiles):
+    """GTA5 ("Playing for Data"): ``images/<n>.png`` with ``labels/<n>.png`` holding
+    Cityscapes label ids (palette PNGs), mapped to the 19 train ids.
+
+    ``split="all"`` takes every image. ``"train"``/``"val"`` read a list of names, one
+    per line (``00001`` or ``00001.png``; blank lines and ``#`` comments skipped), from
+    ``list_file`` or ``<root>/<split>.txt``. A given ``list_file`` is used whatever the split.
+
+    Known quirk of the real data: a few GTA5 images differ in size from their label;
+    they raise the size-mismatch error naming the file. Drop them with a list file.
+    """
+
+    layout = ("  <root>/images/<n>.png     e.g. images/00001.png (RGB)\n"
+              "  <root>/labels/<n>.png     e.g. labels/00001.png (Cityscapes label ids)\n"
+              "  <root>/<split>.txt        optional for split='train'/'val': names, one per line")
+
+    def __init__(self, root, split: str = "all", list_file=None,
+                 transform: Callable | None = None, max_items: int | None = None):
+        if split not in ("all", "train", "val"):
+            raise ValueError(f"GTA5: split must be all, train or val, got {split!r}")
+        root = Path(root)
+        kind = f"GTA5({root}, split={split!r})"
+        img_dir, lbl_dir = root / "images", root / "labels"
+        _require_dir(img_dir, kind, self.layout)
+        _require_dir(lbl_dir, kind, self.layout)
+        if list_file is None and split != "all":
+            list_file = root / f"{split}.txt"
+            if not list_file.is_file():
+                raise _layout_error(kind, f"split list not found: {list_file} (pass "
+                                    f"list_file=... or split='all')", self.layout)
+        if list_file is not None:
+            list_file = Path(list_file)
+            if not list_file.is_file():
+                raise _layout_error(kind, f"list file not found: {list_file}", self.layout)
+            names = []
+            for line in list_file.read_text().splitlines():
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name = os.path.basename(line)
+                names.append(name if name.lower().endswith(".png") else name + ".png")
+            images = [img_dir / n for n in sorted(set(names))]
+            for img in images:
+                if not img.is_file():
+                    raise _layout_error(kind, f"{list_file} lists {img.name}, but {img} does "
+                                        "not exist", self.layout)
+            where = f"{list_file}"
+        else:
+            images = _files(img_dir, (".png",))
+            where = f"{img_dir}"
+        if not images:
+            raise _layout_error(kind, f"no images in {where}", self.layout)
+        labels = _pair(images, lambda p: lbl_dir / p.name, kind, self.layout)
+        super().__init__(images, labels, CITYSCAPES_IDS, CITYSCAPES_CLASSES, transform, max_items)
+        self.root, self.split = root, split
+
+
+# --------------------------------------------------------------------------- SYNTHIA
+
+
+class Synthia(SegmentationFiles):
+    """SYNTHIA-RAND-CITYSCAPES: ``RGB/<n>.png`` with ``GT/LABELS/<n>.png``, evaluated on
+    16 or 13 classes (contiguous ids in the order of ``kit.data.labels.SYNTHIA_16/13``).
+
+    Labels are 16-bit PNGs with the class id (0..22, table in ``kit.data.labels``) in
+    the first channel; see :func:`read_synthia_label` for how they are decoded. Ids
+    above 22 raise.
+    """
+
+    layout = ("  <root>/RGB/<n>.png          e.g. RGB/0000000.png (RGB)\n"
+              "  <root>/GT/LABELS/<n>.png    16-bit PNG, class id (0..22) in channel 0")
+
+    def __init__(self, root, classes: int = 16, transform: Callable | None = None,
+                 max_items: int | None = None):
+        if classes not in (16, 13):
+            raise ValueError(f"Synthia: classes must be 16 or 13, got {classes!r}")
+        subset = subset_for(classes)
+        root = Path(root)
+        kind = f"Synthia({root})"
+        img_dir, lbl_dir = root / "RGB", root / "GT" / "LABELS"
+        _require_dir(img_dir, kind, self.layout)
+        _require_dir(lbl_dir, kind, self.layout)
+        images = _files(img_dir, (".png",))
+        if not images:
+            raise _layout_error(kind, f"no .png images in {img_dir}", self.layout)
+        labels = _pair(images, lambda p: lbl_dir / p.name, kind, self.layout)
+        super().__init__(images, labels, SYNTHIA_IDS.then(subset), subset_classes(subset),
+                         transform, max_items, label_reader=read_synthia_label)
+        self.root = root
+
+
+# --------------------------------------------------------------------------- folders
+
+
+class _ColorMapping:
+    """RGB color -> train id, vectorized (colors packed into one int, then searchsorted)."""
+
+    def __init__(self, color_map: Mapping[tuple, int | None]):
+        keys = np.array([(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in color_map],
+                        np.int64)
+        vals = np.array([IGNORE_INDEX if v is None else int(v) for v in color_map.values()],
+                        np.int64)
+        order = np.argsort(keys)
+        self.keys, self.vals = keys[order], vals[order]
+
+    def __call__(self, raw: np.ndarray, source: str = "label") -> np.ndarray:
+        if raw.ndim != 3 or raw.shape[2] < 3:
+            raise ValueError(f"{source}: a color label map needs an RGB label image, got "
+                             f"shape {raw.shape}")
+        code = ((raw[:, :, 0].astype(np.int64) << 16) | (raw[:, :, 1].astype(np.int64) << 8)
+                | raw[:, :, 2].astype(np.int64))
+        pos = np.clip(np.searchsorted(self.keys, code), 0, len(self.keys) - 1)
+        found = self.keys[pos] == code
+        if not found.all():
+            c = int(code[~found][0])
+            raise UnknownLabelIdError(f"{source}: unknown label color "
+                                      f"{(c >> 16, (c >> 8) & 255, c & 255)}")
+        return self.vals[pos]
+
+
+def _read_rgb_label(path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read label image ({e})") from None
+
+
+class FolderSegmentation(SegmentationFiles):
+    """Generic reader: images in ``image_dir``, labels in ``label_dir``, paired by stem.
+
+    * ``label_map``: ``{raw id: train id or None}`` (None and unlisted ``void_ids`` ->
+      255; any other raw id raises). With RGB-tuple keys, e.g. ``{(128, 64, 128): 0}``,
+      labels are read as color images (CamVid ``*_L.png``). ``None`` (default): the
+      labels already hold train ids ``0..len(classes)-1`` (and 255).
+    * Pairing: an image ``<stem><image_suffix>`` goes with the label whose stem, after
+      removing ``label_strip`` from its end (e.g. ``"_L"`` for CamVid,
+      ``"_train_id"`` for BDD100K) or after ``label_stem_fn``, equals ``<stem>``.
+    * ``recursive=True`` also searches subfolders (pairing by stem, so stems must be unique).
+    """
+
+    layout = ("  <image_dir>/<stem><image_suffix>\n"
+              "  <label_dir>/<stem><label_strip><label_suffix>   (single-channel ids, or RGB "
+              "with a color label_map)")
+
+    def __init__(self, image_dir, label_dir, label_map: Mapping | None = None,
+                 classes: Sequence[str] = CITYSCAPES_CLASSES, image_suffix: str = ".png",
+                 label_suffix: str = ".png", label_strip: str = "",
+                 label_stem_fn: Callable[[str], str] | None = None,
+                 void_ids: Sequence[int] = (IGNORE_INDEX,),
+                 transform: Callable | None = None, max_items: int | None = None,
+                 recursive: bool = False):
+        image_dir, label_dir = Path(image_dir), Path(label_dir)
+        classes = tuple(classes)
+        kind = f"FolderSegmentation({image_dir}, {label_dir})"
+        if label_strip and label_stem_fn is not None:
+            raise ValueError("FolderSegmentation: give label_strip or label_stem_fn, not both")
+        _require_dir(image_dir, kind, self.layout)
+        _require_dir(label_dir, kind, self.layout)
+
+        def listing(folder: Path, suffix: str) -> list[Path]:
+            if recursive:
+                return sorted(p for p in folder.rglob("*") if p.is_file()
+                              and p.name.lower().endswith(suffix.lower()))
+            return _files(folder, (suffix,))
+
+        images = listing(image_dir, image_suffix)
+        if not images:
+            raise _layout_error(kind, f"no *{image_suffix} images in {image_dir}", self.layout)
+        by_key: dict[str, Path] = {}
+        for lbl in listing(label_dir, label_suffix):
+            stem = lbl.name[:len(lbl.name) - len(label_suffix)]
+            if label_stem_fn is not None:
+                key = label_stem_fn(stem)
+            elif label_strip:
+                if not stem.endswith(label_strip):
+                    continue
+                key = stem[:-len(label_strip)]
+            else:
+                key = stem
+            if key in by_key:
+                raise ValueError(f"{kind}: labels {by_key[key]} and {lbl} both pair with stem {key!r}")
+            by_key[key] = lbl
+        labels = []
+        for img in images:
+            key = img.name[:len(img.name) - len(image_suffix)]
+            if key not in by_key:
+                raise _layout_error(kind, f"image {img} has no label (looked for "
+                                    f"{label_dir / (key + label_strip + label_suffix)})",
+                                    self.layout)
+            labels.append(by_key[key])
+
+        n = len(classes)
+        reader = read_label_ids
+        if label_map is None:
+            mapping = IdMapping(None, frozenset(void_ids), 256, identity_ids=tuple(range(n)))
+        elif label_map and all(isinstance(k, tuple) for k in label_map):
+            mapping, reader = _ColorMapping(label_map), _read_rgb_label
+        else:
+            bad = [v for v in label_map.values() if v is not None and not (0 <= v < n or v == IGNORE_INDEX)]
+            if bad:
+                raise ValueError(f"{kind}: label_map sends ids to {bad}, outside 0..{n - 1} "
+                                 f"({n} classes) and 255")
+            size = 256 if max(list(label_map) + list(void_ids) + [0]) < 256 else 65536
+            mapping = IdMapping(dict(label_map), frozenset(void_ids), size)
+        super().__init__(images, labels, mapping, classes, transform, max_items,
+                         label_reader=reader)
+        self.image_dir, self.label_dir = image_dir, label_dir

@@ -1,0 +1,265 @@
+"""Joint transforms on ``(image, label)`` pairs of tensors.
+
+Every transform is a callable ``t(image, label) -> (image, label)`` with
+
+* ``image``: float tensor ``[3, H, W]`` (RGB in [0, 1]),
+* ``label``: int64 tensor ``[H, W]`` (train ids, 255 = ignore),
+
+and raises ``ValueError`` when the two do not have the same ``H, W``. Geometric
+transforms move image and label together (the image is interpolated bilinearly with
+antialiasing, the label with nearest neighbour, so no new class ids appear).
+Normalization is not done here: the models normalize their input.
+
+Randomness: a random transform takes an optional ``torch.Generator`` at construction
+and draws from it, else from torch's global RNG. Note that a generator is copied into
+every DataLoader worker with the same state, so workers would repeat the same draws;
+with ``num_workers > 0`` leave ``generator=None`` and seed through the DataLoader.
+
+>>> t = Compose([RandomScale(0.5, 1.0), RandomCrop((8, 8)), RandomHorizontalFlip()])
+>>> img, lbl = t(torch.rand(3, 16, 32), torch.zeros(16, 32, dtype=torch.long))
+>>> tuple(img.shape), tuple(lbl.shape)
+((3, 8, 8), (8, 8))
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .labels import IGNORE_INDEX
+
+__all__ = [
+    "Compose", "Resize", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
+    "ColorJitter", "check_pair", "image_to_tensor", "label_to_tensor", "to_tensor_pair",
+    "resize_pair",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_pair(image: torch.Tensor, label: torch.Tensor, where: str = "transform") -> None:
+    """Raise ``ValueError`` unless image is ``[C,H,W]`` float and label ``[H,W]``."""
+    if not isinstance(image, torch.Tensor) or not isinstance(label, torch.Tensor):
+        raise ValueError(f"{where}: expected tensors, got {type(image).__name__} and "
+                         f"{type(label).__name__} (use to_tensor_pair for PIL images)")
+    if image.dim() != 3 or not image.is_floating_point():
+        raise ValueError(f"{where}: image must be a float tensor [C,H,W], got "
+                         f"{image.dtype} {tuple(image.shape)}")
+    if label.dim() != 2:
+        raise ValueError(f"{where}: label must be a tensor [H,W], got {tuple(label.shape)}")
+    if tuple(image.shape[-2:]) != tuple(label.shape):
+        raise ValueError(f"{where}: image size {tuple(image.shape[-2:])} and label size "
+                         f"{tuple(label.shape)} differ")
+
+
+def _size2(size, name: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"{name}: size must be a positive int or (H, W), got {size}")
+    return size
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in ``0..high`` (inclusive)."""
+    return int(torch.randint(0, high + 1, (), generator=generator))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """PIL image or uint8 array ``[H,W,3]`` -> float32 tensor ``[3,H,W]`` in [0, 1]."""
+    if not isinstance(image, np.ndarray):
+        if getattr(image, "mode", "RGB") != "RGB":
+            image = image.convert("RGB")
+        image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H,W,3], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image, got dtype {image.dtype}")
+    if not image.flags.writeable:  # arrays viewing PIL buffers are read-only
+        image = image.copy()
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def label_to_tensor(label) -> torch.Tensor:
+    """Single-channel PIL label (modes L, P, I;16, I) or integer array -> int64 ``[H,W]``.
+
+    Values are kept as they are (no id mapping; see ``kit.data.labels``).
+    """
+    if not isinstance(label, np.ndarray):
+        mode = getattr(label, "mode", None)
+        if mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+            raise ValueError(f"expected a single-channel label image (mode L, P, I;16 or I), "
+                             f"got mode {mode}; a color-coded label needs a color map")
+        label = np.asarray(label)
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"expected an integer label [H,W], got {label.dtype} {label.shape}")
+    return torch.from_numpy(label.astype(np.int64))
+
+
+def to_tensor_pair(pil_image, pil_label) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(PIL RGB image, PIL label)`` -> ``(float [3,H,W] in [0,1], int64 [H,W])``."""
+    image, label = image_to_tensor(pil_image), label_to_tensor(pil_label)
+    check_pair(image, label, "to_tensor_pair")
+    return image, label
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+class Compose:
+    """Apply joint transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, label):
+        for t in self.transforms:
+            image, label = t(image, label)
+        return image, label
+
+    def __repr__(self):
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+def resize_pair(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int]):
+    """Resize to ``size = (H, W)``: image bilinear (antialiased when shrinking), label nearest."""
+    check_pair(image, label, "resize")
+    size = _size2(size, "resize")
+    if tuple(image.shape[-2:]) == size:
+        return image, label
+    img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                        antialias=True)[0]
+    # "nearest-exact" samples pixel centres (like PIL's NEAREST); plain "nearest" is
+    # shifted by half a pixel. Labels go through float: exact for ids < 2**24.
+    lbl = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+    return img, lbl.to(label.dtype)
+
+
+class Resize:
+    """Resize to a fixed ``(H, W)``, an int (square), or a preset name of
+    :data:`kit.data.real.RESIZE_PRESETS` (e.g. ``"cityscapes_target"`` = (512, 1024))."""
+
+    def __init__(self, size):
+        if isinstance(size, str):
+            from .real import RESIZE_PRESETS  # lazy: real.py imports this module
+            if size not in RESIZE_PRESETS:
+                raise ValueError(f"unknown resize preset {size!r}; known: {sorted(RESIZE_PRESETS)}")
+            size = RESIZE_PRESETS[size]
+        self.size = _size2(size, "Resize")
+
+    def __call__(self, image, label):
+        return resize_pair(image, label, self.size)
+
+    def __repr__(self):
+        return f"Resize(size={self.size})"
+
+
+class RandomScale:
+    """Resize by a factor drawn uniformly from ``[min_scale, max_scale]`` (both sides)."""
+
+    def __init__(self, min_scale: float = 0.5, max_scale: float = 2.0,
+                 generator: torch.Generator | None = None):
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"RandomScale: need 0 < min_scale <= max_scale, got "
+                             f"{min_scale}, {max_scale}")
+        self.min_scale, self.max_scale, self.generator = float(min_scale), float(max_scale), generator
+
+    def __call__(self, image, label):
+        check_pair(image, label, "RandomScale")
+        s = self.min_scale + (self.max_scale - self.min_scale) * _uniform(self.generator)
+        h, w = image.shape[-2:]
+        return resize_pair(image, label, (max(1, round(h * s)), max(1, round(w * s))))
+
+    def __repr__(self):
+        return f"RandomScale({self.min_scale}, {self.max_scale})"
+
+
+class RandomCrop:
+    """Crop a random ``(H, W)`` window. A side smaller than the crop is first padded at
+    the bottom/right: image with ``pad_image`` (0), label with ``pad_label`` (255)."""
+
+    def __init__(self, size, pad_label: int = IGNORE_INDEX, pad_image: float = 0.0,
+                 generator: torch.Generator | None = None):
+        self.size = _size2(size, "RandomCrop")
+        self.pad_label, self.pad_image, self.generator = int(pad_label), float(pad_image), generator
+
+    def __call__(self, image, label):
+        check_pair(image, label, "RandomCrop")
+        ch, cw = self.size
+        h, w = image.shape[-2:]
+        if h < ch or w < cw:
+            ph, pw = max(0, ch - h), max(0, cw - w)
+            image = F.pad(image, (0, pw, 0, ph), value=self.pad_image)
+            label = F.pad(label, (0, pw, 0, ph), value=self.pad_label)
+            h, w = image.shape[-2:]
+        top = _randint(h - ch, self.generator)
+        left = _randint(w - cw, self.generator)
+        return image[:, top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+
+    def __repr__(self):
+        return f"RandomCrop(size={self.size}, pad_label={self.pad_label})"
+
+
+class RandomHorizontalFlip:
+    """Mirror image and label left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
+        self.p, self.generator = float(p), generator
+
+    def __call__(self, image, label):
+        check_pair(image, label, "RandomHorizontalFlip")
+        if _uniform(self.generator) < self.p:
+            return image.flip(-1), label.flip(-1)
+        return image, label
+
+    def __repr__(self):
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class ColorJitter:
+    """Photometric jitter of the image only (label untouched), result clamped to [0, 1].
+
+    Factors are drawn uniformly from ``[1 - x, 1 + x]`` for brightness (multiply),
+    contrast (blend with the mean gray level) and saturation (blend with the gray
+    image), applied in that order.
+    """
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 generator: torch.Generator | None = None):
+        for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"ColorJitter: {name} must be in [0, 1], got {v}")
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.generator = generator
+
+    def _factor(self, x: float) -> float:
+        return 1.0 + x * (2.0 * _uniform(self.generator) - 1.0) if x > 0 else 1.0
+
+    def __call__(self, image, label):
+        check_pair(image, label, "ColorJitter")
+        out = image * self._factor(self.brightness)
+        gray = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
+        c = self._factor(self.contrast)
+        out = c * out + (1.0 - c) * gray.mean()
+        gray = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
+        s = self._factor(self.saturation)
+        out = s * out + (1.0 - s) * gray
+        return out.clamp_(0.0, 1.0), label
+
+    def __repr__(self):
+        return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
+                f"saturation={self.saturation})")

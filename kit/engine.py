@@ -1,0 +1,479 @@
+"""The one training loop, used by every method of the kit.
+
+A method supplies a *step function* -- the body of its paper's algorithm box -- and the
+engine does everything generic: iteration-based schedule, any number of infinite and
+resumable data streams (source, target, ...), poly learning-rate decay on every
+optimizer (with the 10x head multiplier of DeepLab papers), bf16 autocast and
+channels_last where they help, ``tqdm.auto`` progress, a history of losses and
+periodic validation, checkpoint and exact resume, a NaN/inf guard, and seeding.
+
+A step function has the signature ``step(batch, engine) -> dict[str, Tensor | float]``:
+``batch`` maps each stream name to its ``(images, labels)`` already on the device;
+the step runs its forward passes inside ``engine.autocast()``, calls ``backward`` and
+``optimizer.step()`` itself (AdaptSegNet interleaves two optimizers, so the engine does
+not presume one loss), and returns the losses to log.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from .metrics import ConfusionMatrix
+
+__all__ = [
+    "seed_everything", "resolve_device", "autocast", "BatchStream", "make_optimizer", "poly_lr",
+    "History", "Engine", "evaluate", "predict", "EvalResult",
+]
+
+
+# ----------------------------------------------------------------------------------
+# Devices, precision, seeds
+# ----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails clearly."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``amp`` ("auto" | "bf16" | "off") on ``device``, or None."""
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    if amp == "off":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """An autocast context for ``device`` (bf16), or a no-op when ``amp`` is off."""
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Data streams
+# ----------------------------------------------------------------------------------
+class _StartAt(torch.utils.data.Sampler):
+    """Batch sampler: batch k of an endless sequence of seeded epochs, starting at ``start``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, shuffle: bool):
+        self.n, self.bs, self.seed, self.start, self.shuffle = n, batch_size, seed, start, shuffle
+        self.per_epoch = n // batch_size
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            epoch, j = divmod(k, self.per_epoch)
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(self.n, generator=g)
+            else:
+                perm = torch.arange(self.n)
+            yield perm[j * self.bs:(j + 1) * self.bs].tolist()
+            k += 1
+
+
+class BatchStream:
+    """An infinite, resumable stream of batches over a map-style dataset.
+
+    Batch ``k`` is a pure function of ``(seed, k)``: epochs are seeded permutations,
+    the last incomplete batch of an epoch is dropped. ``state_dict()`` records how many
+    batches were consumed, so a resumed run reads exactly the batches it would have.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 num_workers: int = 0, pin_memory: bool = False, start: int = 0):
+        n = len(dataset)  # type: ignore[arg-type]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n < batch_size:
+            raise ValueError(f"dataset {dataset!r} has {n} items, fewer than the batch size {batch_size}")
+        self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.consumed = start
+        self._it: Iterator | None = None
+
+    def _make(self) -> Iterator:
+        sampler = _StartAt(len(self.dataset), self.batch_size, self.seed, self.consumed, self.shuffle)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=False)
+        return iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._make()
+        batch = next(self._it)
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.consumed = int(state["consumed"])
+        self._it = None
+
+
+# ----------------------------------------------------------------------------------
+# Optimizers and schedules
+# ----------------------------------------------------------------------------------
+def _groups(params_or_groups, lr: float) -> list[dict]:
+    if isinstance(params_or_groups, nn.Module):
+        m = params_or_groups
+        params_or_groups = m.param_groups() if hasattr(m, "param_groups") else [
+            {"params": [p for p in m.parameters() if p.requires_grad], "lr_mult": 1.0, "name": "all"}]
+    groups = list(params_or_groups)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups, "lr_mult": 1.0, "name": "all"}]
+    out = []
+    for g in groups:
+        g = dict(g)
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        if not g["params"]:
+            continue
+        g.setdefault("lr_mult", 1.0)
+        g["lr"] = lr * g["lr_mult"]
+        g["initial_lr"] = g["lr"]
+        out.append(g)
+    if not out:
+        raise ValueError("no trainable parameters to optimize")
+    return out
+
+
+def make_optimizer(kind: str, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.Optimizer:
+    """SGD or Adam over a module's ``param_groups()`` (each group's ``lr_mult`` scales ``lr``)."""
+    groups = _groups(params, lr)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {kind!r}; expected 'sgd', 'adam' or 'adamw'")
+
+
+def poly_lr(base_lr: float, it: int, max_it: int, power: float = 0.9) -> float:
+    """DeepLab's poly schedule: ``base_lr * (1 - it / max_it) ** power``."""
+    return base_lr * max(0.0, 1.0 - it / max_it) ** power
+
+
+# ----------------------------------------------------------------------------------
+# History
+# ----------------------------------------------------------------------------------
+@dataclass
+class History:
+    """Losses per logged iteration and validation metrics per evaluation."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    val: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def frame(self, which: str = "train"):
+        import pandas as pd
+
+        return pd.DataFrame(self.train if which == "train" else self.val)
+
+    def to_dict(self) -> dict:
+        return {"train": self.train, "val": self.val, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "History":
+        return cls(list(d.get("train", [])), list(d.get("val", [])), float(d.get("seconds", 0.0)))
+
+
+# ----------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------
+StepFn = Callable[[dict[str, Any], "Engine"], Mapping[str, Any]]
+
+
+class Engine:
+    """Runs ``step`` for ``max_iters`` iterations of a poly schedule of length ``iters``.
+
+    Args:
+        modules: the networks the step trains (saved in checkpoints), by name.
+        optimizers: their optimizers, by name (poly-decayed, saved in checkpoints).
+        step: the method's step function (see module docstring).
+        data: dataset per stream name; each becomes an infinite :class:`BatchStream`.
+        batch_size: one size for all streams or a size per stream.
+        iters: length of the poly schedule. ``max_iters``: stop earlier (the papers
+            often stop a 250k schedule at 150k); default ``iters``.
+        eval_fn: ``eval_fn(engine) -> dict`` run every ``eval_every`` iterations and at the end.
+        checkpoint: a ``.pt`` path; saved every ``checkpoint_every`` iterations and at
+            the end; if it exists when ``run`` starts, the run resumes from it exactly.
+    """
+
+    def __init__(self, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+                 step: StepFn, data: Mapping[str, Dataset], batch_size: int | Mapping[str, int],
+                 iters: int, *, max_iters: int | None = None, poly_power: float = 0.9,
+                 device: str | torch.device = "auto", amp: str = "auto", channels_last: bool = True,
+                 seed: int = 0, eval_fn: Callable[["Engine"], Mapping[str, float]] | None = None,
+                 eval_every: int = 0, log_every: int = 10, checkpoint: str | Path | None = None,
+                 checkpoint_every: int = 0, progress: bool = True, num_workers: int = 0,
+                 desc: str = "train"):
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.max_iters = iters if max_iters is None else int(max_iters)
+        if not 1 <= self.max_iters <= iters:
+            raise ValueError(f"max_iters must be in 1..iters={iters}, got {max_iters}")
+        self.iters = int(iters)
+        self.device = resolve_device(device)
+        self.amp = amp
+        amp_dtype(self.device, amp)  # validates
+        self.channels_last = channels_last
+        self.modules = dict(modules)
+        self.optimizers = dict(optimizers)
+        self.step_fn = step
+        self.poly_power = poly_power
+        self.seed = seed
+        self.eval_fn, self.eval_every, self.log_every = eval_fn, eval_every, max(1, log_every)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.progress, self.desc = progress, desc
+        bs = batch_size if isinstance(batch_size, Mapping) else {k: batch_size for k in data}
+        missing = set(data) - set(bs)
+        if missing:
+            raise ValueError(f"no batch size for streams {sorted(missing)}")
+        pin = self.device.type == "cuda"
+        self.streams = {k: BatchStream(ds, int(bs[k]), seed=seed * 7919 + i, num_workers=num_workers, pin_memory=pin)
+                        for i, (k, ds) in enumerate(data.items())}
+        self.history = History()
+        self.it = 0
+        for m in self.modules.values():
+            m.to(self.device)
+            if channels_last:
+                m.to(memory_format=torch.channels_last)
+
+    # -- helpers available to step functions ----------------------------------------
+    def autocast(self):
+        """The autocast context that step functions wrap their forward passes in."""
+        return autocast(self.device, self.amp)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        nb = self.device.type == "cuda"
+        if x.dim() == 4 and x.is_floating_point():
+            x = x.to(self.device, non_blocking=nb)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.to(self.device, non_blocking=nb)
+
+    @property
+    def progress_fraction(self) -> float:
+        return self.it / self.iters
+
+    # -- checkpointing --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self.modules.items()}
+        state.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers.items()})
+        state["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            state["rng.cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.checkpoint
+        if path is None:
+            raise ValueError("no checkpoint path given")
+        meta = {"iteration": self.it, "iters": self.iters, "history": self.history.to_dict(),
+                "streams": {k: s.state_dict() for k, s in self.streams.items()}, "seed": self.seed}
+        return save_checkpoint(path, self.state_dict(), meta)
+
+    def load(self, path: str | Path) -> None:
+        state, meta = load_checkpoint(path, map_location="cpu")
+        for k, m in self.modules.items():
+            if f"module.{k}" not in state:
+                raise CheckpointError(f"checkpoint {path} has no weights for module {k!r}")
+            m.load_state_dict(state[f"module.{k}"])
+        for k, o in self.optimizers.items():
+            if f"optim.{k}" in state:
+                o.load_state_dict(state[f"optim.{k}"])
+        torch.set_rng_state(state["rng.torch"])
+        if "rng.cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng.cuda"])
+        self.it = int(meta["iteration"])
+        self.history = History.from_dict(meta.get("history", {}))
+        for k, s in self.streams.items():
+            if k in meta.get("streams", {}):
+                s.load_state_dict(meta["streams"][k])
+
+    # -- the loop -------------------------------------------------------------------
+    def _set_lr(self) -> None:
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(g["initial_lr"], self.it, self.iters, self.poly_power)
+
+    def _evaluate(self, t_loop: float) -> None:
+        if self.eval_fn is None:
+            return
+        for m in self.modules.values():
+            m.eval()
+        with torch.no_grad():
+            metrics = dict(self.eval_fn(self))
+        for m in self.modules.values():
+            m.train()
+        rec = {"iter": self.it, **{k: float(v) for k, v in metrics.items()}, "time_s": t_loop}
+        self.history.val.append(rec)
+
+    def run(self) -> History:
+        """Train until ``max_iters`` (resuming from the checkpoint if one exists)."""
+        if self.checkpoint is not None and checkpoint_exists(self.checkpoint):
+            self.load(self.checkpoint)
+        elif self.it == 0:
+            torch.manual_seed(self.seed + 1)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.max_iters, initial=self.it, desc=self.desc, disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        for m in self.modules.values():
+            m.train()
+        t0 = time.perf_counter() - self.history.seconds
+        running: dict[str, float] = {}
+        n_run = 0
+        try:
+            while self.it < self.max_iters:
+                self._set_lr()
+                batch = {}
+                for k, s in self.streams.items():
+                    x, y = next(s)
+                    batch[k] = (self.to_device(x), self.to_device(y))
+                losses = self.step_fn(batch, self)
+                self.it += 1
+                for name, v in losses.items():
+                    v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                    if not math.isfinite(v):
+                        raise FloatingPointError(
+                            f"loss {name!r} is {v} at iteration {self.it} of {self.desc!r}; training stopped. "
+                            f"Lower the learning rate or check the inputs (the last good checkpoint, if any, "
+                            f"is untouched).")
+                    running[name] = running.get(name, 0.0) + v
+                n_run += 1
+                if self.it % self.log_every == 0 or self.it == self.max_iters:
+                    rec = {"iter": self.it, **{k: v / n_run for k, v in running.items()}}
+                    lrs = [g["lr"] for o in self.optimizers.values() for g in o.param_groups[:1]]
+                    if lrs:
+                        rec["lr"] = lrs[0]
+                    self.history.train.append(rec)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("iter", "lr")})
+                    running, n_run = {}, 0
+                bar.update(1)
+                if self.eval_every and self.it % self.eval_every == 0 and self.it < self.max_iters:
+                    self._evaluate(time.perf_counter() - t0)
+                if self.checkpoint is not None and self.checkpoint_every and self.it % self.checkpoint_every == 0 \
+                        and self.it < self.max_iters:
+                    self.history.seconds = time.perf_counter() - t0
+                    self.save()
+        finally:
+            bar.close()
+        self._evaluate(time.perf_counter() - t0)
+        self.history.seconds = time.perf_counter() - t0
+        if self.checkpoint is not None:
+            self.save()
+        for m in self.modules.values():
+            m.eval()
+        return self.history
+
+
+# ----------------------------------------------------------------------------------
+# Inference and evaluation
+# ----------------------------------------------------------------------------------
+def _logits(model: nn.Module, x: torch.Tensor, key: str = "out", **kw) -> torch.Tensor:
+    out = model(x, **kw)
+    return out[key] if isinstance(out, Mapping) else out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, size: Sequence[int] | None = None, flip: bool = False,
+            amp: str = "auto", key: str = "out", **kw) -> torch.Tensor:
+    """Class probabilities [B,C,H,W] at ``size`` (default: the input size), optionally flip-averaged."""
+    dev = next(model.parameters()).device
+    x = images.to(dev)
+    size = tuple(size) if size is not None else tuple(x.shape[-2:])
+    with autocast(dev, amp):
+        logits = _logits(model, x, key, **kw)
+        prob = F.softmax(F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False), dim=1)
+        if flip:
+            lf = _logits(model, x.flip(-1), key, **kw)
+            prob = prob + F.softmax(F.interpolate(lf.float(), size=size, mode="bilinear", align_corners=False), 1).flip(-1)
+            prob = prob / 2
+    return prob
+
+
+@dataclass
+class EvalResult:
+    """mIoU (in %, as the papers report it), per-class IoU (%) and the confusion matrix."""
+
+    miou: float
+    iou: np.ndarray
+    confusion: torch.Tensor
+    accuracy: float
+    classes: tuple[str, ...] | None = None
+
+    def table(self):
+        from .metrics import iou_table
+
+        return iou_table(self.confusion, self.classes)
+
+    def as_dict(self) -> dict:
+        names = self.classes or tuple(str(i) for i in range(len(self.iou)))
+        return {"miou": self.miou, "accuracy": self.accuracy,
+                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, self.iou)}}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None, batch_size: int = 16,
+             flip: bool = False, amp: str = "auto", classes: Sequence[str] | None = None,
+             max_items: int | None = None, num_workers: int = 0, **kw) -> EvalResult:
+    """Evaluate a segmentation model on a dataset with one dataset-level confusion matrix.
+
+    Predictions are upsampled to the label size. Returns an :class:`EvalResult` with
+    mIoU in percent. Extra keyword arguments are passed to the model (e.g. ``head=1``).
+    """
+    classes = tuple(classes) if classes is not None else tuple(getattr(dataset, "classes", ()) or ()) or None
+    if num_classes is None:
+        num_classes = getattr(dataset, "num_classes", None) or (len(classes) if classes else None)
+    if num_classes is None:
+        raise ValueError("num_classes is needed for a dataset without a 'num_classes' attribute")
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
+    sub = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset  # type: ignore[arg-type]
+    loader = DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    for x, y in loader:
+        prob = predict(model, x, size=y.shape[-2:], flip=flip, amp=amp, **kw)
+        cm.update(prob.argmax(1).cpu(), y)
+    model.train(was_training)
+    iou = cm.iou()
+    return EvalResult(100 * cm.miou(), 100 * iou, cm.matrix, cm.pixel_accuracy(), classes)

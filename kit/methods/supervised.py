@@ -1,0 +1,115 @@
+"""Supervised baselines shared by the domain-adaptation notebooks.
+
+* **source-only**: trained on labelled source images, evaluated on the target -- the
+  "no adaptation" row of every DA table;
+* **target oracle**: trained on labelled target images -- the upper bound.
+
+Both are the same recipe (DeepLab-v2 style, SGD, poly decay, 10x head LR); only the
+training data differ. :func:`load_or_train_baseline` caches them by config hash so the
+paper notebooks start from the model the introduction notebook trained, or train it
+themselves if it is not cached.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .. import losses
+from ..cache import load_or_train
+from ..config import Config
+from ..data.world import ToyWorld
+from ..engine import Engine, evaluate, make_optimizer, seed_everything
+from ..models import build_segmenter
+
+__all__ = ["build_model", "supervised_step", "train_supervised", "load_or_train_baseline", "toy_datasets",
+           "MODEL_KEYS"]
+
+#: the config fields that define the segmentation network
+MODEL_KEYS = ("model", "depth", "width", "output_stride", "multi_level", "official_aspp", "frozen_bn", "pretrained")
+
+
+def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """The segmentation network described by ``cfg`` (DeepLab-v2 unless ``cfg['model']`` says otherwise)."""
+    kw: dict[str, Any] = {"depth": cfg["depth"], "width": cfg["width"], "pretrained": cfg.get("pretrained")}
+    if cfg["model"] == "deeplabv2":
+        kw.update(output_stride=cfg["output_stride"], multi_level=cfg["multi_level"],
+                  official_aspp=cfg["official_aspp"], frozen_bn=cfg["frozen_bn"])
+    elif cfg["model"] == "pspnet":
+        kw.update(output_stride=cfg["output_stride"])
+    return build_segmenter(cfg["model"], num_classes, **kw)
+
+
+def toy_datasets(cfg: Mapping[str, Any]) -> dict[str, ToyWorld]:
+    """Source/target train/val splits of the toy world at the config's sizes."""
+    return {
+        "source_train": ToyWorld(cfg["source"], "train", cfg["size"], cfg["n_train"]),
+        "source_val": ToyWorld(cfg["source"], "val", cfg["eval_size"], cfg["n_val"]),
+        "target_train": ToyWorld(cfg["target"], "train", cfg["size"], cfg["n_train"]),
+        "target_val": ToyWorld(cfg["target"], "val", cfg["eval_size"], cfg["n_val"]),
+    }
+
+
+def supervised_step(batch, engine: Engine) -> dict[str, torch.Tensor]:
+    """One SGD step of pixel-wise cross-entropy (main head + 0.1 x auxiliary head if present)."""
+    model, opt = engine.modules["model"], engine.optimizers["model"]
+    x, y = batch["train"]
+    opt.zero_grad(set_to_none=True)
+    with engine.autocast():
+        out = model(x)
+        loss = losses.seg_loss(out["out"], y)
+        if "aux" in out:
+            loss = loss + 0.1 * losses.seg_loss(out["aux"], y)
+    loss.backward()
+    opt.step()
+    return {"seg": loss.detach()}
+
+
+def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_classes: int | None = None,
+                     desc: str = "supervised") -> tuple[nn.Module, Any]:
+    """Train the config's network on ``train_set``; returns ``(model, history)``."""
+    num_classes = num_classes or train_set.num_classes
+    seed_everything(seed)
+    model = build_model(cfg, num_classes)
+    opt = make_optimizer("sgd", model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    eval_fn = None
+    if val_set is not None:
+        eval_fn = lambda eng: {"miou": evaluate(eng.modules["model"], val_set, num_classes,  # noqa: E731
+                                                 cfg["eval_batch_size"], amp=cfg["amp"]).miou}
+    eng = Engine({"model": model}, {"model": opt}, supervised_step, {"train": train_set}, cfg["batch_size"],
+                 cfg["iters"], poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
+                 channels_last=cfg["channels_last"], seed=seed, eval_fn=eval_fn, eval_every=cfg["eval_every"],
+                 log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"], desc=desc)
+    history = eng.run()
+    return model, history
+
+
+_TRAIN_KEYS = ("size", "n_train", "iters", "batch_size", "lr", "momentum", "weight_decay", "poly_power", "amp",
+               "channels_last")
+
+
+def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapping[str, Any] | None = None,
+                           verbose: bool = True) -> tuple[nn.Module, dict]:
+    """The cached source-only (``kind="source_only"``) or target-oracle (``"oracle"``) model.
+
+    The cache key covers the network, the training recipe, the domains and the seed,
+    so every notebook that asks for the same baseline gets the same weights.
+    """
+    if kind not in ("source_only", "oracle"):
+        raise ValueError(f"unknown baseline {kind!r}; expected 'source_only' or 'oracle'")
+    ds = dict(datasets) if datasets is not None else toy_datasets(cfg)
+    train_set = ds["source_train"] if kind == "source_only" else ds["target_train"]
+    domain = getattr(train_set, "domain", type(train_set).__name__)
+    key = {k: cfg[k] for k in MODEL_KEYS + _TRAIN_KEYS}
+    key.update(kind=kind, domain=domain, seed=seed, num_classes=train_set.num_classes)
+
+    def train():
+        model, hist = train_supervised(cfg, train_set, None, seed, desc=f"{kind} seed {seed}")
+        return {"model": model.state_dict()}, {"history": hist.to_dict()}
+
+    state, meta = load_or_train(kind, key, train, cfg.get("cache_dir"), verbose=verbose)
+    model = build_model(cfg, train_set.num_classes)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, meta
