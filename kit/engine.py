@@ -124,8 +124,11 @@ class BatchStream:
 
     def _make(self) -> Iterator:
         sampler = _StartAt(len(self.dataset), self.batch_size, self.seed, self.consumed, self.shuffle)
+        # a private generator: creating the iterator must not draw from the global RNG,
+        # or a resumed run (which creates it anew) would diverge from an uninterrupted one
+        g = torch.Generator().manual_seed(self.seed * 31 + self.consumed)
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False)
+                            pin_memory=self.pin_memory, persistent_workers=False, generator=g)
         return iter(loader)
 
     def __iter__(self):

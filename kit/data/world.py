@@ -183,8 +183,8 @@ _SYNTHETIC = DomainSpec(
 # lower horizon band, narrower streets, more people, bicycles and vegetation.
 _REAL = DomainSpec(
     name="real", seed=23,
-    palette=_rgb("#6e6a70", "#a89a9c", "#8a7e70", "#9a9a80", "#d8b040", "#4e7040",
-                 "#8a9a60", "#c8d4e0", "#7a5048", "#3c4858", "#7a4e6a"),
+    palette=_rgb("#6a6470", "#a880a8", "#8a6e60", "#b0b070", "#d84848", "#4a8a40",
+                 "#98b060", "#a8c8e8", "#b06050", "#344a90", "#b04880"),
     color_jitter=0.10, texture=0.30, blur=1.2, noise=0.05, light=(0.65, 1.25),
     saturation=0.75, horizon=(0.32, 0.44), road_width=(0.24, 0.34),
     counts={"car": 2.5, "person": 2.5, "pole": 3.0, "sign": 0.8, "tree": 3.0, "bicycle": 1.2},
@@ -231,6 +231,8 @@ _CITY_C = replace(
 
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
+#: bump when the rendering code changes what an index renders to (invalidates cached models)
+RENDER_VERSION = 2
 
 
 def get_domain(domain: str | DomainSpec) -> DomainSpec:
@@ -450,7 +452,7 @@ def _paint(label, base, cls, depth, cx, cy, hw, hh, kind, ocol, xs, ys, present)
             span = h * (1 - e2).clamp(min=0).sqrt()
             inside = a < span
             if k == _SHAPE_RING:
-                inside &= a >= h * (0.45 - e2).clamp(min=0).sqrt()
+                inside &= a >= h * (0.3 - e2).clamp(min=0).sqrt()
             keyed = torch.where(inside, r, zero)
         top = torch.maximum(top, keyed.amax(dim=1))
     hit = top > 0
@@ -505,21 +507,21 @@ def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
     # people on the sidewalks: body + head
     n = _MAX["person"]
     on = present("person")
-    tt, yb = ground(n, 0.1, 1.0)
+    tt, yb = ground(n, 0.25, 1.0)
     sd = torch.where(R(n) < 0.5, -1.0, 1.0)
     x = street_x(tt) + sd * road_w[:, None] * tt * (1 + side_w[:, None] * _lerp(0.2, 0.8, R(n)))
-    hgt = 0.35 * tt * s * _lerp(0.85, 1.15, R(n))
+    hgt = 0.45 * tt * s * _lerp(0.85, 1.15, R(n))
     pc = colour(PERSON, n, 0.15)
-    add(PERSON, yb, x, yb - hgt * 0.42, hgt * 0.1 / aspect, hgt * 0.42, _SHAPE_ELLIPSE, pc, on)
-    add(PERSON, yb + 1e-4, x, yb - hgt * 0.9, hgt * 0.07 / aspect, hgt * 0.08, _SHAPE_ELLIPSE, pc * 0.8, on)
+    add(PERSON, yb, x, yb - hgt * 0.42, hgt * 0.14 / aspect, hgt * 0.42, _SHAPE_ELLIPSE, pc, on)
+    add(PERSON, yb + 1e-4, x, yb - hgt * 0.9, hgt * 0.09 / aspect, hgt * 0.09, _SHAPE_ELLIPSE, pc * 0.8, on)
 
     # bicycles on the sidewalk edge: two wheels (rings) and a frame
     n = _MAX["bicycle"]
     on = present("bicycle")
-    tt, yb = ground(n, 0.2, 1.0)
+    tt, yb = ground(n, 0.3, 1.0)
     sd = torch.where(R(n) < 0.5, -1.0, 1.0)
     x = street_x(tt) + sd * road_w[:, None] * tt * (1 + side_w[:, None] * 0.15)
-    r = 0.05 * tt * s
+    r = 0.075 * tt * s
     bc = colour(BICYCLE, n, 0.1)
     for off in (-1.1, 1.1):
         add(BICYCLE, yb, x + off * r / aspect, yb - r, r / aspect, r, _SHAPE_RING, bc, on)
@@ -528,14 +530,14 @@ def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
     # poles at the outer sidewalk edge, some with a sign
     n = _MAX["pole"]
     on = present("pole")
-    tt, yb = ground(n, 0.1, 1.0)
+    tt, yb = ground(n, 0.25, 1.0)
     sd = torch.where(R(n) < 0.5, -1.0, 1.0)
     x = street_x(tt) + sd * road_w[:, None] * tt * (1 + side_w[:, None] * 0.9)
     hgt = 0.9 * tt * s
-    pw = (0.006 + 0.006 * tt) * s
+    pw = (0.008 + 0.010 * tt) * s
     add(POLE, yb, x, yb - hgt / 2, pw, hgt / 2, _SHAPE_RECT, colour(POLE, n, 0.08), on)
     sign_on = on & (R(n) < min(spec.counts.get("sign", 0.5) / max(spec.counts.get("pole", 2.5), 1e-6), 1.0) * 2)
-    sz = 0.06 * tt * s
+    sz = 0.08 * tt * s
     add(SIGN, yb + 1e-4, x + sd * sz * 0.3 / aspect, yb - hgt + sz, sz / aspect, sz,
         torch.where(R(n) < 0.5, _SHAPE_RECT, _SHAPE_ELLIPSE),
         colour(SIGN, n, 0.08), sign_on)
@@ -646,6 +648,15 @@ class ToyWorld(Dataset):
     @property
     def domain(self) -> str:
         return self.spec.name
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the rendered content could change (domain spec, renderer, split, size)."""
+        from ..cache import config_hash
+
+        spec = {k: v for k, v in self.spec.__dict__.items() if k != "description"}
+        return config_hash({"spec": spec, "renderer": RENDER_VERSION, "split": self.split, "size": self.size,
+                            "length": self.length, "offset": self.offset})
 
     def __len__(self) -> int:
         return self.length

@@ -23,11 +23,12 @@ from ..data.world import ToyWorld
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import build_segmenter
 
-__all__ = ["build_model", "supervised_step", "train_supervised", "load_or_train_baseline", "toy_datasets",
+__all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "load_or_train_baseline", "toy_datasets",
            "MODEL_KEYS"]
 
 #: the config fields that define the segmentation network
-MODEL_KEYS = ("model", "depth", "width", "output_stride", "multi_level", "official_aspp", "frozen_bn", "pretrained")
+MODEL_KEYS = ("model", "depth", "width", "output_stride", "multi_level", "official_aspp", "aspp_dilations",
+              "frozen_bn", "pretrained")
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -35,10 +36,24 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     kw: dict[str, Any] = {"depth": cfg["depth"], "width": cfg["width"], "pretrained": cfg.get("pretrained")}
     if cfg["model"] == "deeplabv2":
         kw.update(output_stride=cfg["output_stride"], multi_level=cfg["multi_level"],
-                  official_aspp=cfg["official_aspp"], frozen_bn=cfg["frozen_bn"])
+                  official_aspp=cfg["official_aspp"], frozen_bn=cfg["frozen_bn"],
+                  dilations=tuple(cfg["aspp_dilations"]))
     elif cfg["model"] == "pspnet":
         kw.update(output_stride=cfg["output_stride"])
     return build_segmenter(cfg["model"], num_classes, **kw)
+
+
+def make_model_optimizer(cfg: Mapping[str, Any], model: nn.Module, lr: float | None = None):
+    """The config's optimizer over the model's param groups, heads at ``head_lr_mult`` x LR.
+
+    Weight decay applies to SGD (the DeepLab recipe); Adam runs without it.
+    """
+    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    for g in groups:
+        if g.get("name") == "head":
+            g["lr_mult"] = cfg["head_lr_mult"]
+    wd = cfg["weight_decay"] if cfg["optimizer"] == "sgd" else 0.0
+    return make_optimizer(cfg["optimizer"], groups, cfg["lr"] if lr is None else lr, cfg["momentum"], wd)
 
 
 def toy_datasets(cfg: Mapping[str, Any]) -> dict[str, ToyWorld]:
@@ -72,7 +87,7 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     num_classes = num_classes or train_set.num_classes
     seed_everything(seed)
     model = build_model(cfg, num_classes)
-    opt = make_optimizer("sgd", model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    opt = make_model_optimizer(cfg, model)
     eval_fn = None
     if val_set is not None:
         eval_fn = lambda eng: {"miou": evaluate(eng.modules["model"], val_set, num_classes,  # noqa: E731
@@ -85,7 +100,7 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     return model, history
 
 
-_TRAIN_KEYS = ("size", "n_train", "iters", "batch_size", "lr", "momentum", "weight_decay", "poly_power", "amp",
+_TRAIN_KEYS = ("size", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power", "amp",
                "channels_last")
 
 
@@ -102,7 +117,8 @@ def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapp
     train_set = ds["source_train"] if kind == "source_only" else ds["target_train"]
     domain = getattr(train_set, "domain", type(train_set).__name__)
     key = {k: cfg[k] for k in MODEL_KEYS + _TRAIN_KEYS}
-    key.update(kind=kind, domain=domain, seed=seed, num_classes=train_set.num_classes)
+    key.update(kind=kind, domain=domain, data=getattr(train_set, "fingerprint", None), seed=seed,
+               num_classes=train_set.num_classes)
 
     def train():
         model, hist = train_supervised(cfg, train_set, None, seed, desc=f"{kind} seed {seed}")

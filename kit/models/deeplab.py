@@ -67,18 +67,23 @@ class DeepLabV2(nn.Module):
     layer4 (s = output_stride, sizes rounded up), ``"feat"`` layer4 features, and with
     ``multi_level=True`` ``"aux"`` logits of the ASPP head on layer3 (same size at OS 8/16).
     Upsample with :func:`kit.models.utils.upsample_like`.
+
+    ``dilations`` are the ASPP rates; the paper's (6, 12, 18, 24) suit feature maps of
+    64x128 (a 512x1024 input at OS 8). On a toy 8x16 feature map a rate of 24 samples
+    only padding, so CPU-sized profiles scale the rates down with the input.
     """
 
     def __init__(self, num_classes: int, depth: int = 101, width: int = 64, output_stride: int = 8,
                  multi_level: bool = False, official_aspp: bool = False, pretrained=None,
-                 frozen_bn: bool = False, input_norm: str | None = "imagenet"):
+                 frozen_bn: bool = False, input_norm: str | None = "imagenet",
+                 dilations: Sequence[int] = (6, 12, 18, 24)):
         super().__init__()
         self.num_classes, self.multi_level = num_classes, multi_level
         self.norm = InputNorm(input_norm)
         self.backbone = resnet(depth, width, output_stride, pretrained=pretrained, frozen_bn=frozen_bn)
         ch = self.backbone.channels
-        self.head = ASPPClassifier(ch["layer4"], num_classes, official=official_aspp)
-        self.aux_head = (ASPPClassifier(ch["layer3"], num_classes, official=official_aspp)
+        self.head = ASPPClassifier(ch["layer4"], num_classes, dilations, official=official_aspp)
+        self.aux_head = (ASPPClassifier(ch["layer3"], num_classes, dilations, official=official_aspp)
                          if multi_level else None)
 
     @property

@@ -1,0 +1,118 @@
+"""The toy world: determinism, splits, label ranges, domain shift, bad input."""
+import pytest
+import torch
+
+from kit.data import world as W
+from kit.data.world import DOMAINS, ToyWorld, WORLD_CLASSES, class_index, render
+
+
+def test_deterministic_and_batch_independent():
+    a_img, a_lab = render("real", [3, 7, 11], size=(32, 64))
+    b_img, b_lab = render("real", [11, 3], size=(32, 64))
+    assert torch.equal(a_img[0], b_img[1]) and torch.equal(a_lab[2], b_lab[0])
+    c_img, _ = render("real", [3], size=(32, 64))
+    assert torch.equal(a_img[0], c_img[0])
+
+
+def test_indices_differ_and_domains_differ():
+    img, lab = render("synthetic", [0, 1], size=(32, 64))
+    assert not torch.equal(img[0], img[1])
+    img2, _ = render("real", [0], size=(32, 64))
+    assert not torch.allclose(img[0], img2[0])
+
+
+def test_shapes_dtypes_ranges():
+    for name, spec in DOMAINS.items():
+        img, lab = render(name, range(4), size=(40, 72))
+        assert img.shape == (4, 3, 40, 72) and img.dtype == torch.float32
+        assert lab.shape == (4, 40, 72) and lab.dtype == torch.int64
+        assert 0 <= float(img.min()) and float(img.max()) <= 1
+        valid = lab[lab != 255]
+        assert int(valid.min()) >= 0 and int(valid.max()) < spec.num_classes, name
+
+
+def test_same_scene_at_every_resolution():
+    _, small = render("synthetic", [5], size=(32, 64))
+    _, big = render("synthetic", [5], size=(128, 256))
+    down = big[:, 2::4, 2::4]   # sample the big label at the small pixel centres (approximately)
+    agree = (down == small).float().mean()
+    assert agree > 0.9
+
+
+def test_splits_never_overlap():
+    tr = ToyWorld("real", "train", (32, 64), 64)
+    va = ToyWorld("real", "val", (32, 64), 64)
+    ti, _ = tr.tensors()
+    vi, _ = va.tensors()
+    flat_t = {bytes(x.numpy().tobytes()) for x in ti}
+    assert not any(bytes(x.numpy().tobytes()) in flat_t for x in vi)
+
+
+def test_large_and_small_classes_present():
+    _, lab = render("real", range(64), size=(64, 128))
+    share = torch.bincount(lab[lab != 255].flatten(), minlength=11).float() / lab.numel()
+    for c in ("road", "building", "sky", "vegetation"):
+        assert share[class_index(c)] > 0.03, c
+    for c in ("pole", "traffic sign", "person", "bicycle"):
+        assert 0 < share[class_index(c)] < 0.03, c
+
+
+def test_layout_statistics_shift():
+    """Source and target differ in layout (horizon, people), not only in appearance."""
+    _, ls = render("synthetic", range(64), size=(64, 128))
+    _, lt = render("real", range(64), size=(64, 128))
+    sky = class_index("sky")
+    person = class_index("person")
+    assert (ls == person).float().mean() < (lt == person).float().mean()
+    car = class_index("car")
+    assert (ls == car).float().mean() > (lt == car).float().mean()
+
+
+def test_label_spaces_of_domains():
+    assert "terrain" not in DOMAINS["synthia"].classes
+    _, lab = render("synthia", range(16), size=(32, 64))
+    assert int(lab[lab != 255].max()) < DOMAINS["synthia"].num_classes
+    c = DOMAINS["city_c"]
+    assert c.num_classes < len(WORLD_CLASSES)
+    lut = c.label_lut()
+    assert lut[class_index("terrain")] == c.classes.index("vegetation")
+
+
+def test_dataset_item_and_cache():
+    ds = ToyWorld("synthetic", "train", (32, 64), 10)
+    x, y = ds[3]
+    assert x.shape == (3, 32, 64) and y.shape == (32, 64) and y.dtype == torch.int64
+    img, lab = render("synthetic", [3], (32, 64))
+    assert torch.allclose(x, img[0], atol=1 / 255 + 1e-6) and torch.equal(y, lab[0])
+    assert len(ds) == 10 and ds.num_classes == 11
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_fingerprint_changes_with_content():
+    a = ToyWorld("real", "train", (32, 64), 10).fingerprint
+    assert a == ToyWorld("real", "train", (32, 64), 10).fingerprint
+    assert a != ToyWorld("real", "val", (32, 64), 10).fingerprint
+    assert a != ToyWorld("real", "train", (64, 128), 10).fingerprint
+
+
+def test_hash_uniform_range_and_spread():
+    u = W.hash_uniform(1, torch.arange(100000))
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+
+
+@pytest.mark.parametrize("bad", [
+    dict(domain="mars"), dict(split="dev"), dict(size=(8, 8)), dict(index=[-1]),
+])
+def test_bad_input(bad):
+    kw = dict(domain="real", index=[0], size=(32, 64), split="train")
+    kw.update(bad)
+    with pytest.raises(ValueError) as e:
+        render(**kw)
+    assert "expected" in str(e.value) or "at least" in str(e.value) or ">= 0" in str(e.value)
+
+
+def test_unknown_class_name():
+    with pytest.raises(ValueError, match="expected one of"):
+        class_index("unicorn")
