@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["config_hash", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
+__all__ = ["config_hash", "runs_root", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
            "checkpoint_exists", "load_or_train", "CheckpointError"]
 
 
@@ -45,9 +45,25 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def runs_root() -> Path:
+    """Where runs go: ``$KIT_RUNS``, else ``runs/`` in the project folder.
+
+    The project folder is the nearest parent of the working directory that holds a
+    ``pyproject.toml`` (so a notebook executed from ``notebooks/`` writes to the same
+    ``runs/`` as the command line), else the working directory itself.
+    """
+    if os.environ.get("KIT_RUNS"):
+        return Path(os.environ["KIT_RUNS"])
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").exists():
+            return d / "runs"
+    return here / "runs"
+
+
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$KIT_CACHE``, else ``runs/cache`` in the working directory."""
-    root = Path(cache_dir or os.environ.get("KIT_CACHE") or Path("runs") / "cache")
+    """``cache_dir``, else ``$KIT_CACHE``, else ``runs/cache`` in the project folder."""
+    root = Path(cache_dir or os.environ.get("KIT_CACHE") or runs_root() / "cache")
     root.mkdir(parents=True, exist_ok=True)
     return root
 

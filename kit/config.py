@@ -33,7 +33,8 @@ _COMMON: dict[str, Any] = {
     "data_root": None,           # real datasets (paper profile); None = the toy world
     "source": "synthetic",       # toy-world source domain
     "target": "real",            # toy-world target domain
-    "size": [64, 128],           # training image size
+    "size": [64, 128],           # training image size (target)
+    "source_size": None,         # source training size; None = size
     "eval_size": [64, 128],      # evaluation size (labels at this size)
     "n_train": 1000,             # toy-world images per training split
     "n_val": 200,                # toy-world images per validation split
@@ -74,7 +75,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "quick": {"profile": "quick"},
     "paper": {
-        "profile": "paper", "seeds": [0], "size": [512, 1024], "eval_size": [512, 1024],
+        "profile": "paper", "seeds": [0], "size": [512, 1024], "source_size": [720, 1280],
+        "eval_size": [512, 1024],
         "n_train": 3000, "n_val": 500, "depth": 101, "width": 64, "iters": 150000,
         "batch_size": 1, "optimizer": "sgd", "lr": 2.5e-4, "head_lr_mult": 10.0, "frozen_bn": True, "aspp_dilations": [6, 12, 18, 24], "eval_every": 5000,
         "log_every": 50, "eval_batch_size": 4, "num_workers": 4,

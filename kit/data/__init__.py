@@ -1,0 +1,71 @@
+"""Data: the toy world, real-dataset readers, joint transforms and label spaces.
+
+:func:`make_da_datasets` gives the four datasets of a domain-adaptation experiment
+(source/target x train/val) from a config: the toy world by default, or the real
+benchmarks when ``cfg["data_root"]`` is set (GTA5 or SYNTHIA -> Cityscapes, the papers'
+resizing conventions, evaluation against full-resolution labels).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+from .world import DOMAINS, WORLD_CLASSES, ToyWorld, get_domain, render
+
+__all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",
+           "CITYSCAPES_CLASSES", "ResizeImage"]
+
+
+class ResizeImage:
+    """Resize the image only (bilinear, antialiased), keeping the label at full resolution:
+    the papers evaluate predictions upsampled to the original label size."""
+
+    def __init__(self, size):
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor):
+        img = F.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
+        return img, label
+
+
+def make_da_datasets(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"source_train", "source_val", "target_train", "target_val"}`` for a config.
+
+    Toy world (``data_root`` is None): domains ``cfg["source"]`` -> ``cfg["target"]``.
+    Real data: ``<data_root>/gta5`` (or ``synthia`` when ``cfg["source"] == "synthia"``)
+    -> ``<data_root>/cityscapes``; source images resized to ``source_size``, target to
+    ``size``; target val images resized to ``size`` with labels at their full size.
+    ``source_val`` is None for real data (the papers do not evaluate on the source).
+    """
+    root = cfg.get("data_root")
+    size = tuple(cfg["size"])
+    src_size = tuple(cfg.get("source_size") or size)
+    if not root:
+        return {
+            "source_train": ToyWorld(cfg["source"], "train", src_size, cfg["n_train"]),
+            "source_val": ToyWorld(cfg["source"], "val", tuple(cfg["eval_size"]), cfg["n_val"]),
+            "target_train": ToyWorld(cfg["target"], "train", size, cfg["n_train"]),
+            "target_val": ToyWorld(cfg["target"], "val", tuple(cfg["eval_size"]), cfg["n_val"]),
+        }
+    from . import real
+    from .transforms import Resize
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DATA_ROOT {root} is not a folder; expected {root}/cityscapes and "
+                                f"{root}/gta5 (or {root}/synthia)")
+    classes = 16 if cfg["source"] == "synthia" else 19
+    if cfg["source"] == "synthia":
+        src = real.Synthia(root / "synthia", classes=classes, transform=Resize(src_size))
+    else:
+        src = real.GTA5(root / "gta5", transform=Resize(src_size))
+    return {
+        "source_train": src,
+        "source_val": None,
+        "target_train": real.Cityscapes(root / "cityscapes", "train", classes=classes, transform=Resize(size)),
+        "target_val": real.Cityscapes(root / "cityscapes", "val", classes=classes, transform=ResizeImage(size)),
+    }

@@ -232,7 +232,7 @@ _CITY_C = replace(
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 #: bump when the rendering code changes what an index renders to (invalidates cached models)
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 
 
 def get_domain(domain: str | DomainSpec) -> DomainSpec:
@@ -452,7 +452,7 @@ def _paint(label, base, cls, depth, cx, cy, hw, hh, kind, ocol, xs, ys, present)
             span = h * (1 - e2).clamp(min=0).sqrt()
             inside = a < span
             if k == _SHAPE_RING:
-                inside &= a >= h * (0.3 - e2).clamp(min=0).sqrt()
+                inside &= a >= h * (0.2 - e2).clamp(min=0).sqrt()
             keyed = torch.where(inside, r, zero)
         top = torch.maximum(top, keyed.amax(dim=1))
     hit = top > 0
@@ -521,7 +521,7 @@ def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
     tt, yb = ground(n, 0.3, 1.0)
     sd = torch.where(R(n) < 0.5, -1.0, 1.0)
     x = street_x(tt) + sd * road_w[:, None] * tt * (1 + side_w[:, None] * 0.15)
-    r = 0.075 * tt * s
+    r = 0.095 * tt * s
     bc = colour(BICYCLE, n, 0.1)
     for off in (-1.1, 1.1):
         add(BICYCLE, yb, x + off * r / aspect, yb - r, r / aspect, r, _SHAPE_RING, bc, on)

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .. import losses
 from ..cache import load_or_train
 from ..config import Config
-from ..data.world import ToyWorld
+from ..data import make_da_datasets
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import build_segmenter
 
@@ -56,14 +56,9 @@ def make_model_optimizer(cfg: Mapping[str, Any], model: nn.Module, lr: float | N
     return make_optimizer(cfg["optimizer"], groups, cfg["lr"] if lr is None else lr, cfg["momentum"], wd)
 
 
-def toy_datasets(cfg: Mapping[str, Any]) -> dict[str, ToyWorld]:
-    """Source/target train/val splits of the toy world at the config's sizes."""
-    return {
-        "source_train": ToyWorld(cfg["source"], "train", cfg["size"], cfg["n_train"]),
-        "source_val": ToyWorld(cfg["source"], "val", cfg["eval_size"], cfg["n_val"]),
-        "target_train": ToyWorld(cfg["target"], "train", cfg["size"], cfg["n_train"]),
-        "target_val": ToyWorld(cfg["target"], "val", cfg["eval_size"], cfg["n_val"]),
-    }
+def toy_datasets(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Source/target train/val datasets of the config (the toy world unless ``data_root`` is set)."""
+    return make_da_datasets(cfg)
 
 
 def supervised_step(batch, engine: Engine) -> dict[str, torch.Tensor]:
@@ -100,7 +95,7 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     return model, history
 
 
-_TRAIN_KEYS = ("size", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power", "amp",
+_TRAIN_KEYS = ("size", "source_size", "data_root", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power", "amp",
                "channels_last")
 
 
