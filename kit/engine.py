@@ -12,6 +12,11 @@ A step function has the signature ``step(batch, engine) -> dict[str, Tensor | fl
 the step runs its forward passes inside ``engine.autocast()``, calls ``backward`` and
 ``optimizer.step()`` itself (AdaptSegNet interleaves two optimizers, so the engine does
 not presume one loss), and returns the losses to log.
+
+Under ``torchrun`` (see :mod:`kit.distributed`) the same engine trains data-parallel:
+``batch_size`` is per process, modules with trainable parameters are wrapped in
+DistributedDataParallel, each process reads a disjoint slice of every global batch,
+and rank 0 alone shows progress, evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed as dist_utils
 from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
 from .metrics import ConfusionMatrix
 
@@ -83,11 +89,18 @@ def autocast(device: torch.device, amp: str = "auto"):
 # Data streams
 # ----------------------------------------------------------------------------------
 class _StartAt(torch.utils.data.Sampler):
-    """Batch sampler: batch k of an endless sequence of seeded epochs, starting at ``start``."""
+    """Batch sampler: batch k of an endless sequence of seeded epochs, starting at ``start``.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, shuffle: bool):
+    With ``world > 1`` each global batch has ``batch_size * world`` indices (the same on
+    every rank) and this rank yields its contiguous slice ``[rank*bs, (rank+1)*bs)``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, shuffle: bool, rank: int = 0,
+                 world: int = 1):
         self.n, self.bs, self.seed, self.start, self.shuffle = n, batch_size, seed, start, shuffle
-        self.per_epoch = n // batch_size
+        self.rank, self.world = rank, world
+        self.global_bs = batch_size * world
+        self.per_epoch = n // self.global_bs
 
     def __iter__(self):
         k = self.start
@@ -98,7 +111,8 @@ class _StartAt(torch.utils.data.Sampler):
                 perm = torch.randperm(self.n, generator=g)
             else:
                 perm = torch.arange(self.n)
-            yield perm[j * self.bs:(j + 1) * self.bs].tolist()
+            lo = j * self.global_bs + self.rank * self.bs
+            yield perm[lo:lo + self.bs].tolist()
             k += 1
 
 
@@ -108,22 +122,33 @@ class BatchStream:
     Batch ``k`` is a pure function of ``(seed, k)``: epochs are seeded permutations,
     the last incomplete batch of an epoch is dropped. ``state_dict()`` records how many
     batches were consumed, so a resumed run reads exactly the batches it would have.
+
+    Distributed (``world > 1``): ``batch_size`` is per rank; batch ``k`` is the same global
+    list of ``batch_size * world`` indices on every rank, and rank ``rank`` reads its
+    contiguous share of it, so the ranks' batches are disjoint and their union is the
+    batch a single process with ``batch_size * world`` would read.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 num_workers: int = 0, pin_memory: bool = False, start: int = 0):
+                 num_workers: int = 0, pin_memory: bool = False, start: int = 0, *, rank: int = 0,
+                 world: int = 1):
         n = len(dataset)  # type: ignore[arg-type]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if n < batch_size:
-            raise ValueError(f"dataset {dataset!r} has {n} items, fewer than the batch size {batch_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in 0..{world - 1}, got {rank}")
+        if n < batch_size * world:
+            per = f" ({batch_size} per process x {world} processes)" if world > 1 else ""
+            raise ValueError(f"dataset {dataset!r} has {n} items, fewer than the batch size {batch_size * world}{per}")
+        self.rank, self.world = rank, world
         self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.consumed = start
         self._it: Iterator | None = None
 
     def _make(self) -> Iterator:
-        sampler = _StartAt(len(self.dataset), self.batch_size, self.seed, self.consumed, self.shuffle)
+        sampler = _StartAt(len(self.dataset), self.batch_size, self.seed, self.consumed, self.shuffle,
+                           self.rank, self.world)
         # a private generator: creating the iterator must not draw from the global RNG,
         # or a resumed run (which creates it anew) would diverge from an uninterrupted one
         g = torch.Generator().manual_seed(self.seed * 31 + self.consumed)
@@ -220,6 +245,20 @@ class History:
 # ----------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that forwards unknown attributes to the wrapped module,
+    so step functions can still call e.g. ``engine.modules["model"].param_groups()``.
+    Only the forward (``wrapper(x)``) synchronises gradients."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
 StepFn = Callable[[dict[str, Any], "Engine"], Mapping[str, Any]]
 
 
@@ -237,6 +276,15 @@ class Engine:
         eval_fn: ``eval_fn(engine) -> dict`` run every ``eval_every`` iterations and at the end.
         checkpoint: a ``.pt`` path; saved every ``checkpoint_every`` iterations and at
             the end; if it exists when ``run`` starts, the run resumes from it exactly.
+        distributed: ``None`` (default) = on when a ``torch.distributed`` process group
+            with more than one process is initialised (``torchrun``, see
+            :mod:`kit.distributed`), ``False`` = never. Then ``batch_size`` is *per process*,
+            each module with trainable parameters is wrapped in DistributedDataParallel
+            (``self.modules[name]``; the plain module is ``self.raw_modules[name]`` and is
+            what checkpoints hold), losses are averaged over processes, and progress,
+            evaluation and checkpoint writing happen on rank 0 only.
+        find_unused_parameters: passed to DistributedDataParallel (for modules whose
+            parameters do not all receive gradients in every iteration).
     """
 
     def __init__(self, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
@@ -246,14 +294,22 @@ class Engine:
                  seed: int = 0, eval_fn: Callable[["Engine"], Mapping[str, float]] | None = None,
                  eval_every: int = 0, log_every: int = 10, checkpoint: str | Path | None = None,
                  checkpoint_every: int = 0, progress: bool = True, num_workers: int = 0,
-                 desc: str = "train"):
+                 desc: str = "train", distributed: bool | None = None, find_unused_parameters: bool = False):
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.max_iters = iters if max_iters is None else int(max_iters)
         if not 1 <= self.max_iters <= iters:
             raise ValueError(f"max_iters must be in 1..iters={iters}, got {max_iters}")
         self.iters = int(iters)
+        self.distributed = dist_utils.is_active() if distributed is None else bool(distributed)
+        if self.distributed and not dist_utils.is_active():
+            raise RuntimeError("distributed=True needs an initialised process group with more than one process; "
+                               "launch with torchrun and call kit.distributed.init_distributed() first")
+        self.rank = dist_utils.rank() if self.distributed else 0
+        self.world_size = dist_utils.world_size() if self.distributed else 1
         self.device = resolve_device(device)
+        if self.distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set to LOCAL_RANK by init_distributed
         self.amp = amp
         amp_dtype(self.device, amp)  # validates
         self.channels_last = channels_last
@@ -271,7 +327,8 @@ class Engine:
         if missing:
             raise ValueError(f"no batch size for streams {sorted(missing)}")
         pin = self.device.type == "cuda"
-        self.streams = {k: BatchStream(ds, int(bs[k]), seed=seed * 7919 + i, num_workers=num_workers, pin_memory=pin)
+        self.streams = {k: BatchStream(ds, int(bs[k]), seed=seed * 7919 + i, num_workers=num_workers, pin_memory=pin,
+                                       rank=self.rank, world=self.world_size)
                         for i, (k, ds) in enumerate(data.items())}
         self.history = History()
         self.it = 0
@@ -279,6 +336,18 @@ class Engine:
             m.to(self.device)
             if channels_last:
                 m.to(memory_format=torch.channels_last)
+        #: the plain modules (checkpoints hold their state_dicts); ``modules`` holds the DDP wrappers
+        self.raw_modules = dict(self.modules)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            for k, m in self.raw_modules.items():
+                if any(p.requires_grad for p in m.parameters()):
+                    self.modules[k] = _DDP(m, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs, evaluates and saves (always, without distribution)."""
+        return self.rank == 0
 
     # -- helpers available to step functions ----------------------------------------
     def autocast(self):
@@ -298,7 +367,7 @@ class Engine:
 
     # -- checkpointing --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self.modules.items()}
+        state: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self.raw_modules.items()}
         state.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers.items()})
         state["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
@@ -315,7 +384,7 @@ class Engine:
 
     def load(self, path: str | Path) -> None:
         state, meta = load_checkpoint(path, map_location="cpu")
-        for k, m in self.modules.items():
+        for k, m in self.raw_modules.items():
             if f"module.{k}" not in state:
                 raise CheckpointError(f"checkpoint {path} has no weights for module {k!r}")
             m.load_state_dict(state[f"module.{k}"])
@@ -340,14 +409,45 @@ class Engine:
     def _evaluate(self, t_loop: float) -> None:
         if self.eval_fn is None:
             return
-        for m in self.modules.values():
-            m.eval()
-        with torch.no_grad():
-            metrics = dict(self.eval_fn(self))
-        for m in self.modules.values():
-            m.train()
-        rec = {"iter": self.it, **{k: float(v) for k, v in metrics.items()}, "time_s": t_loop}
-        self.history.val.append(rec)
+        if self.is_main:
+            wrapped = self.modules
+            # rank 0 evaluates alone: hand eval_fn the plain modules, whose forward runs no collectives
+            self.modules = dict(self.raw_modules)
+            try:
+                for m in self.modules.values():
+                    m.eval()
+                with torch.no_grad():
+                    metrics = dict(self.eval_fn(self))
+                for m in self.modules.values():
+                    m.train()
+            finally:
+                self.modules = wrapped
+            rec = {"iter": self.it, **{k: float(v) for k, v in metrics.items()}, "time_s": t_loop}
+            self.history.val.append(rec)
+        if self.distributed:
+            dist_utils.barrier()
+
+    def _save_main(self) -> None:
+        """Save on rank 0; the other ranks wait until the file is complete."""
+        if self.is_main:
+            self.save()
+        if self.distributed:
+            dist_utils.barrier()
+
+    def _check_losses(self, losses: Mapping[str, Any]) -> dict[str, float]:
+        names = list(losses)
+        vals = [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in losses.values()]
+        if self.distributed:
+            vals = dist_utils.all_reduce_mean(vals)  # a NaN on any rank reaches every rank
+        out = {}
+        for name, v in zip(names, vals):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"loss {name!r} is {v} at iteration {self.it} of {self.desc!r}; training stopped. "
+                    f"Lower the learning rate or check the inputs (the last good checkpoint, if any, "
+                    f"is untouched).")
+            out[name] = v
+        return out
 
     def run(self) -> History:
         """Train until ``max_iters`` (resuming from the checkpoint if one exists)."""
@@ -357,7 +457,7 @@ class Engine:
             torch.manual_seed(self.seed + 1)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.max_iters, initial=self.it, desc=self.desc, disable=not self.progress,
+        bar = tqdm(total=self.max_iters, initial=self.it, desc=self.desc, disable=not (self.progress and self.is_main),
                    leave=False, dynamic_ncols=True)
         for m in self.modules.values():
             m.train()
@@ -373,13 +473,7 @@ class Engine:
                     batch[k] = (self.to_device(x), self.to_device(y))
                 losses = self.step_fn(batch, self)
                 self.it += 1
-                for name, v in losses.items():
-                    v = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
-                    if not math.isfinite(v):
-                        raise FloatingPointError(
-                            f"loss {name!r} is {v} at iteration {self.it} of {self.desc!r}; training stopped. "
-                            f"Lower the learning rate or check the inputs (the last good checkpoint, if any, "
-                            f"is untouched).")
+                for name, v in self._check_losses(losses).items():
                     running[name] = running.get(name, 0.0) + v
                 n_run += 1
                 if self.it % self.log_every == 0 or self.it == self.max_iters:
@@ -396,13 +490,13 @@ class Engine:
                 if self.checkpoint is not None and self.checkpoint_every and self.it % self.checkpoint_every == 0 \
                         and self.it < self.max_iters:
                     self.history.seconds = time.perf_counter() - t0
-                    self.save()
+                    self._save_main()
         finally:
             bar.close()
         self._evaluate(time.perf_counter() - t0)
         self.history.seconds = time.perf_counter() - t0
         if self.checkpoint is not None:
-            self.save()
+            self._save_main()
         for m in self.modules.values():
             m.eval()
         return self.history

@@ -1,0 +1,170 @@
+"""The ``kit`` command: notebooks run headless with checked parameters, failures give a
+non-zero exit code, the summary reads the runs folder, ``kit train`` trains a method."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kit import methods
+from kit.cli import CliError, find_notebook, main, parse_params, parse_value
+
+
+def _notebook(path: Path, *cells: str, params: str = 'PROFILE = "quick"\nX = 1\nSEEDS = [0]\n') -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+# writes runs/<PROFILE>/<stem>/metrics.json as the kit's notebooks do (relative to the kernel's cwd)
+_METRICS = '''
+import json, os, pathlib
+d = pathlib.Path("runs") / PROFILE / "ok"
+d.mkdir(parents=True, exist_ok=True)
+rec = {"notebook": "ok", "profile": PROFILE, "seeds": SEEDS, "runtime_s": 1.5,
+       "results": {"x": X, "headless": os.environ.get("KIT_HEADLESS")},
+       "claims": [{"id": "C1", "claim": "x is positive", "paper": "-", "here": str(X), "holds": X > 0}]}
+(d / "metrics.json").write_text(json.dumps(rec))
+'''
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbs = tmp_path / "notebooks"
+    _notebook(nbs / "00_ok.ipynb", _METRICS)
+    _notebook(nbs / "01_boom.ipynb", "raise ValueError('boom in cell')", "print('never')")
+    _notebook(nbs / "02_exit.ipynb", "import sys\nsys.exit(0)", "print('never')")
+    return tmp_path
+
+
+def test_parse_value_like_papermill():
+    assert parse_value("True") is True and parse_value("False") is False and parse_value("None") is None
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("2.5e-4") == 2.5e-4 and parse_value("-1") == -1
+    assert parse_value("[0,1,2]") == [0, 1, 2] and parse_value('{"a": [1]}') == {"a": [1]}
+    assert parse_value("[64, 128]") == [64, 128] and parse_value("(64, 128)") == "(64, 128)"
+    assert parse_value("paper") == "paper" and parse_value("/data/x=1") == "/data/x=1"
+    assert parse_value("true") == "true"  # as papermill: only True/False are booleans
+    with pytest.raises(CliError, match="JSON"):
+        parse_value("[1, 2")
+
+
+def test_parse_params_forms():
+    params, rest = parse_params([["X", "2"], ["SEEDS=[0,1]"], ["PATH", "a=b"], ["Y=1", "00_intro"]])
+    assert params == {"X": 2, "SEEDS": [0, 1], "PATH": "a=b", "Y": 1} and rest == ["00_intro"]
+    with pytest.raises(CliError, match="not a parameter name"):
+        parse_params([["1X=2"]])
+
+
+def test_find_notebook(project):
+    assert find_notebook("00").name == "00_ok.ipynb"
+    assert find_notebook("01_boom").name == "01_boom.ipynb"
+    assert find_notebook("notebooks/02_exit.ipynb").name == "02_exit.ipynb"
+    with pytest.raises(CliError, match="00_ok, 01_boom, 02_exit"):
+        find_notebook("99")
+
+
+def test_unknown_parameter_rejected_before_running(project, capsys):
+    assert main(["run", "00_ok", "-p", "Y", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "does not declare parameter(s) Y" in err and "PROFILE, X, SEEDS" in err
+    assert not (project / "runs").exists()  # nothing was executed
+    assert main(["run", "00_ok", "--profile", "smoke", "-p", "PROFILE", "paper"]) == 2
+
+
+def test_params_lists_declared_parameters(project, capsys):
+    assert main(["params", "00"]) == 0
+    out = capsys.readouterr().out
+    assert "PROFILE" in out and '"quick"' in out and "SEEDS" in out and "list" in out and "int" in out
+
+
+def test_run_writes_output_and_summary(project, capsys):
+    # lower-case names map onto the declared ones; -p may come before the notebook
+    assert main(["run", "-p", "x=4", "-p", "seeds", "[0,1,2]", "00", "--profile", "smoke", "--cell-timeout", "60"]) == 0
+    out_nb = project / "runs" / "smoke" / "00_ok.ipynb"
+    assert out_nb.is_file()
+    metrics = json.loads((project / "runs" / "smoke" / "ok" / "metrics.json").read_text())
+    assert metrics["profile"] == "smoke" and metrics["seeds"] == [0, 1, 2]
+    assert metrics["results"] == {"x": 4, "headless": "1"}
+    capsys.readouterr()
+    assert main(["summary", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and "1.5" in out and "C1 yes" in out and "1 of 1 claims hold" in out
+
+
+@pytest.mark.parametrize("nb, error", [("01_boom", "ValueError: boom in cell"), ("02_exit", "SystemExit: 0")])
+def test_failing_notebook_exits_nonzero(project, capsys, nb, error):
+    assert main(["run", nb, "--profile", "smoke"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAILED {nb}" in out and error in out and "cell 3" in out
+    assert (project / "runs" / "smoke" / f"{nb}.ipynb").is_file()  # kept for inspection
+
+
+def test_summary_reads_fake_runs_and_reports_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["summary", "--profile", "paper"]) == 1
+    assert "no runs for profile 'paper'" in capsys.readouterr().out
+    for name, claims in [("00_introduction", [True, True]), ("01_adaptsegnet", [True, False, None])]:
+        d = tmp_path / "runs" / "paper" / name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({
+            "notebook": name, "profile": "paper", "seeds": [0], "runtime_s": 12.0, "results": {},
+            "claims": [{"id": f"C{i + 1}", "claim": f"claim {i}", "paper": "p", "here": "h", "holds": h}
+                       for i, h in enumerate(claims)]}))
+    (tmp_path / "runs" / "paper" / "bad").mkdir()
+    (tmp_path / "runs" / "paper" / "bad" / "metrics.json").write_text('{"notebook": "bad"}')
+    assert main(["summary", "--profile", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "00_introduction" in out and "C1 yes; C2 yes" in out
+    assert "C1 yes; C2 no; C3 n/a" in out
+    assert "unreadable metrics.json" in out and "3 of 5 claims hold" in out
+
+
+def test_run_all_continues_past_failures(project, capsys):
+    (project / "notebooks" / "02_exit.ipynb").unlink()
+    assert main(["run-all", "--profile", "smoke"]) == 1
+    out = capsys.readouterr().out
+    assert "ok 00_ok" in out and "FAILED 01_boom" in out and "1 of 2 notebooks ran; failed: 01_boom" in out
+    assert "1 of 1 claims hold" in out  # the summary follows
+
+
+def test_registry():
+    assert {"supervised", "oracle"} <= set(methods.names())
+    with pytest.raises(ValueError, match="registered methods: .*supervised"):
+        methods.get("nope")
+    methods.register("dummy_for_test", "kit.cli:main")
+    try:
+        assert methods.get("dummy_for_test") is main
+        assert methods.config_method("dummy_for_test") == "supervised"
+    finally:
+        methods._REGISTRY.pop("dummy_for_test")
+
+
+def test_train_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "nope"]) == 2
+    assert main(["train", "supervised", "--profile", "smoke", "-p", "ITRES=2"]) == 2
+    assert "Did you mean ['iters']" in capsys.readouterr().err
+    assert main(["train", "supervised", "--profile", "smoke", "-p", "ITERS=2", "-p", "n_train", "8"]) == 0
+    ck = tmp_path / "runs" / "smoke" / "train" / "supervised.pt"
+    assert ck.is_file() and ck.with_suffix(".json").is_file()
+    from kit.cache import load_checkpoint
+
+    state, meta = load_checkpoint(ck)
+    assert meta["method"] == "supervised" and meta["world_size"] == 1 and len(meta["history"]["train"]) == 2
+    assert not any(k.startswith("module.") for k in state["model"])
+
+
+def test_python_dash_m_kit(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kit", "summary", "--profile", "quick"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no runs for profile 'quick'" in r.stdout
