@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .cache import runs_root
+
 __all__ = ["main", "parse_value", "parse_params", "find_notebook", "notebook_parameters", "run_notebook",
            "summary_rows", "CliError"]
 
@@ -256,7 +258,7 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
         params["PROFILE"] = profile
     else:
         print(f"[kit] note: {path.name} declares no PROFILE parameter; it runs with its own settings", file=stream)
-    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / str(profile)
+    out_dir = Path(out_dir) if out_dir is not None else runs_root() / str(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{path.stem}.ipynb"
     shown = " ".join(f"{k}={v!r}" for k, v in params.items())
@@ -321,9 +323,9 @@ def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def print_summary(profile: str, runs_root: str | Path = "runs", stream=None) -> int:
+def print_summary(profile: str, runs_dir_root: str | Path | None = None, stream=None) -> int:
     stream = stream or sys.stdout
-    runs_dir = Path(runs_root) / profile
+    runs_dir = Path(runs_dir_root or runs_root()) / profile
     if not runs_dir.is_dir():
         print(f"[kit] no runs for profile {profile!r}: {runs_dir}/ does not exist. "
               f"Run `kit run NOTEBOOK --profile {profile}` or `kit run-all --profile {profile}` first.", file=stream)
@@ -456,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="table of runs/<profile>/*/metrics.json")
     p.add_argument("--profile", default=None, help=f"default {DEFAULT_PROFILE}")
-    p.add_argument("--runs", default="runs", help="the runs folder (default runs)")
+    p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("params", help="the parameters a notebook declares, with defaults and types")

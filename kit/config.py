@@ -29,6 +29,7 @@ _COMMON: dict[str, Any] = {
     "amp": "auto",               # "auto" | "bf16" | "off"
     "channels_last": True,
     "num_workers": 0,
+    "render_device": "cpu",      # where the toy world renders training images ("auto" = GPU if any)
     "progress": True,
     "data_root": None,           # real datasets (paper profile); None = the toy world
     "source": "synthetic",       # toy-world source domain
@@ -79,7 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_size": [512, 1024],
         "n_train": 3000, "n_val": 500, "depth": 101, "width": 64, "iters": 150000,
         "batch_size": 1, "optimizer": "sgd", "lr": 2.5e-4, "head_lr_mult": 10.0, "frozen_bn": True, "aspp_dilations": [6, 12, 18, 24], "eval_every": 5000,
-        "log_every": 50, "eval_batch_size": 4, "num_workers": 4,
+        "log_every": 50, "eval_batch_size": 4, "num_workers": 4, "render_device": "auto",
     },
 }
 

@@ -326,9 +326,17 @@ class Engine:
         missing = set(data) - set(bs)
         if missing:
             raise ValueError(f"no batch size for streams {sorted(missing)}")
+        if self.device.type == "cuda":
+            # fixed input sizes: let cuDNN pick the fastest kernels once
+            torch.backends.cudnn.benchmark = True
         pin = self.device.type == "cuda"
-        self.streams = {k: BatchStream(ds, int(bs[k]), seed=seed * 7919 + i, num_workers=num_workers, pin_memory=pin,
-                                       rank=self.rank, world=self.world_size)
+
+        def on_cpu(ds) -> bool:   # a dataset that renders on the GPU (ToyWorld(device="cuda")) needs no workers
+            return torch.device(getattr(ds, "device", "cpu")).type == "cpu"
+
+        self.streams = {k: BatchStream(ds, int(bs[k]), seed=seed * 7919 + i,
+                                       num_workers=num_workers if on_cpu(ds) else 0,
+                                       pin_memory=pin and on_cpu(ds), rank=self.rank, world=self.world_size)
                         for i, (k, ds) in enumerate(data.items())}
         self.history = History()
         self.it = 0

@@ -372,3 +372,25 @@ def test_readers_pickle_for_dataloader_workers(tmp_path):
     ds = Synthia(make_synthia(tmp_path / "syn"), classes=13)
     clone = pickle.loads(pickle.dumps(ds))
     assert torch.equal(clone[1][1], ds[1][1]) and clone.classes == ds.classes
+
+
+def test_make_da_datasets_on_a_fake_data_root(tmp_path):
+    """The paper profile's data path: GTA5 -> Cityscapes from DATA_ROOT, resized as configured,
+    target val labels kept at full size; a missing DATA_ROOT is a clear error."""
+    from kit.config import resolve
+    from kit.data import make_da_datasets
+
+    make_gta5(tmp_path / "gta5")
+    make_cityscapes(tmp_path / "cityscapes", "train")
+    make_cityscapes(tmp_path / "cityscapes", "val")
+    cfg = resolve("paper", data_root=str(tmp_path), size=[16, 24], source_size=[20, 30])
+    ds = make_da_datasets(cfg)
+    x, y = ds["source_train"][0]
+    assert x.shape == (3, 20, 30) and y.shape == (20, 30)
+    x, y = ds["target_train"][0]
+    assert x.shape == (3, 16, 24) and y.shape == (16, 24)
+    x, y = ds["target_val"][0]
+    assert x.shape == (3, 16, 24) and y.shape == (H, W)          # labels at full resolution
+    assert ds["source_val"] is None and ds["target_train"].num_classes == 19
+    with pytest.raises(FileNotFoundError, match="expected"):
+        make_da_datasets(resolve("paper", data_root=str(tmp_path / "nope")))

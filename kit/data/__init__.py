@@ -45,10 +45,11 @@ def make_da_datasets(cfg: Mapping[str, Any]) -> dict[str, Any]:
     size = tuple(cfg["size"])
     src_size = tuple(cfg.get("source_size") or size)
     if not root:
+        dev = cfg.get("render_device", "cpu")
         return {
-            "source_train": ToyWorld(cfg["source"], "train", src_size, cfg["n_train"]),
+            "source_train": ToyWorld(cfg["source"], "train", src_size, cfg["n_train"], device=dev),
             "source_val": ToyWorld(cfg["source"], "val", tuple(cfg["eval_size"]), cfg["n_val"]),
-            "target_train": ToyWorld(cfg["target"], "train", size, cfg["n_train"]),
+            "target_train": ToyWorld(cfg["target"], "train", size, cfg["n_train"], device=dev),
             "target_val": ToyWorld(cfg["target"], "val", tuple(cfg["eval_size"]), cfg["n_val"]),
         }
     from . import real

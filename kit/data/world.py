@@ -676,14 +676,20 @@ class ToyWorld(Dataset):
     epochs after the first cost nothing; ``cache=False`` renders every access.
 
     Splits never overlap: each split is its own hashed stream of scenes.
+
+    ``device="cuda"`` renders (and keeps) the images on the GPU, so a GPU run never
+    waits for CPU-side data loading; ``"auto"`` picks CUDA when available.
     """
 
     CHUNK = 64
 
     def __init__(self, domain: str | DomainSpec = "synthetic", split: str = "train", size: tuple[int, int] = (64, 128),
                  length: int | None = None, transform: Callable | None = None, cache: bool = True,
-                 offset: int = 0):
+                 offset: int = 0, device: str | torch.device = "cpu"):
         self.spec = get_domain(domain)
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         self.split = split
@@ -730,7 +736,8 @@ class ToyWorld(Dataset):
         if c not in self._chunks:
             lo = c * self.CHUNK
             hi = min(lo + self.CHUNK, self.length)
-            img, lab = render(self.spec, torch.arange(lo, hi) + self.offset, self.size, self.split)
+            img, lab = render(self.spec, torch.arange(lo, hi, device=self.device) + self.offset, self.size,
+                              self.split)
             pair = ((img * 255).round_().to(torch.uint8), lab.to(torch.uint8))
             if not self.cache:
                 return pair

@@ -71,7 +71,9 @@ def get(name: str) -> TrainFn:
 
 def train_output_path(cfg: Mapping[str, Any], name: str) -> Path:
     """``<run_dir>/<name>.pt``; ``run_dir`` defaults to ``runs/<profile>/train``."""
-    return Path(cfg.get("run_dir") or Path("runs") / cfg["profile"] / "train") / f"{name}.pt"
+    from ..cache import runs_root
+
+    return Path(cfg.get("run_dir") or runs_root() / cfg["profile"] / "train") / f"{name}.pt"
 
 
 def _train_baseline(cfg: Mapping[str, Any], kind: str, name: str) -> Path | None:
@@ -108,3 +110,4 @@ def train_oracle(cfg: Mapping[str, Any]) -> Path | None:
 
 register("supervised", train_source_only)
 register("oracle", train_oracle, config="supervised")
+register("adaptseg", "kit.methods.adaptseg:train", config="adaptseg")

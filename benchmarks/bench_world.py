@@ -1,0 +1,105 @@
+"""Renderer throughput vs quick-profile training throughput.
+
+Prints (and with ``--json`` writes) images/s of :func:`kit.data.world.render` at
+64x128, 256x512 and 512x1024 for the source and target domains, the images/s the
+quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
+profile's bf16 autocast + channels_last and without), and their ratio.
+
+Run: ``python benchmarks/bench_world.py [--reps 5] [--json out.json]``.
+Numbers depend on the machine and on what else runs on it: benchmark on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from kit import losses
+from kit.config import resolve
+from kit.data.world import render
+from kit.engine import autocast
+from kit.methods.supervised import build_model, make_model_optimizer
+
+
+def time_render(domain: str, size: tuple[int, int], batch: int, reps: int, device: str = "cpu") -> float:
+    idx = torch.arange(batch, device=device)
+    render(domain, idx, size)          # warm-up
+    times = []
+    for r in range(reps):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        render(domain, idx + (r + 1) * batch, size)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+def time_train(amp: str, channels_last: bool, reps: int) -> float:
+    cfg = resolve("quick", amp=amp, channels_last=channels_last)
+    torch.manual_seed(0)
+    model = build_model(cfg, 11)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_model_optimizer(cfg, model)
+    bs = cfg.batch_size
+    x = torch.rand(bs, 3, *cfg.size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 11, (bs, *cfg.size))
+    dev = torch.device("cpu")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(dev, amp):
+            loss = losses.seg_loss(model(x)["out"], y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    n = 10
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(n):
+            step()
+        times.append((time.perf_counter() - t) / n)
+    return bs / statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    res = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+           "render": [], "train": []}
+    for size, batch in (((64, 128), 256), ((256, 512), 32), ((512, 1024), 8)):
+        for domain in ("synthetic", "real"):
+            ips = time_render(domain, size, batch, args.reps)
+            res["render"].append({"size": f"{size[0]}x{size[1]}", "domain": domain, "batch": batch,
+                                  "images_per_s": round(ips, 1)})
+            print(f"render {domain:9s} {size[0]:4d}x{size[1]:<5d} batch {batch:3d}: {ips:8.1f} images/s", flush=True)
+    for amp, cl in (("off", False), ("bf16", True)):
+        ips = time_train(amp, cl, args.reps)
+        res["train"].append({"amp": amp, "channels_last": cl, "images_per_s": round(ips, 1),
+                             "steps_per_s": round(ips / 8, 2)})
+        print(f"train quick profile amp={amp:4s} channels_last={cl!s:5s}: {ips:7.1f} images/s "
+              f"({ips / 8:.2f} steps/s)", flush=True)
+    r64 = min(r["images_per_s"] for r in res["render"] if r["size"] == "64x128")
+    t64 = max(r["images_per_s"] for r in res["train"])
+    res["ratio_render_over_train"] = round(r64 / t64, 1)
+    print(f"renderer / training consumption at 64x128: {r64 / t64:.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
