@@ -1,0 +1,73 @@
+"""Run every benchmark and rewrite benchmarks/RESULTS.md with the measured numbers.
+
+``python benchmarks/run_all.py [--skip-notebooks]``. Takes about half an hour with the
+notebooks (each trains its models from scratch). Run it on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, cwd=HERE.parent)
+    if proc.returncode:
+        raise RuntimeError(f"{script} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-notebooks", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = json.loads((run("bench_world.py", "--json", f"{tmp}/w.json") and Path(f"{tmp}/w.json").read_text()))
+        labels = run("bench_labels.py")
+        books = None
+        if not args.skip_notebooks:
+            run("bench_notebooks.py", "--json", f"{tmp}/n.json")
+            books = json.loads(Path(f"{tmp}/n.json").read_text())
+    marker = "<!-- measured: everything below is rewritten by benchmarks/run_all.py -->"
+    old = (HERE / "RESULTS.md").read_text() if (HERE / "RESULTS.md").exists() else ""
+    head = old.split(marker)[0].rstrip() + "\n\n" if marker in old else "# Benchmark results\n\n"
+    lines = [
+        head + marker,
+        "",
+        f"Measured {datetime.date.today().isoformat()} by `benchmarks/run_all.py` on {platform.node() and 'this machine'}: "
+        f"{os.cpu_count()} CPU cores, {world['machine']}. No GPU.",
+        "",
+        "## Toy-world renderer vs quick-profile training",
+        "",
+        "| size | domain | batch | images/s |", "|---|---|---|---|",
+        *[f"| {r['size']} | {r['domain']} | {r['batch']} | {r['images_per_s']:.0f} |" for r in world["render"]],
+        "",
+        "| quick-profile training step (DeepLab-v2, ResNet-18 layout width 16, batch 8, 64x128) | images/s | steps/s |",
+        "|---|---|---|",
+        *[f"| amp={r['amp']}, channels_last={r['channels_last']} | {r['images_per_s']:.0f} | {r['steps_per_s']:.2f} |"
+          for r in world["train"]],
+        "",
+        f"Renderer / training consumption at 64x128: **{world['ratio_render_over_train']}x**.",
+        "",
+        "## Label reading and mapping (real-dataset readers)",
+        "",
+        "```", labels.strip(), "```",
+    ]
+    if books is not None:
+        lines += ["", "## Notebooks (fresh cache, headless)", "", "| notebook | profile | wall time (s) | ok |",
+                  "|---|---|---|---|", *[f"| {r['notebook']} | {r['profile']} | {r['wall_s']} | {r['ok']} |" for r in books]]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print((HERE / "RESULTS.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
