@@ -1,0 +1,596 @@
+"""CDCL -- Wang, Li, Zhu, Tian, Shan, "Cross-Dataset Collaborative Learning for Semantic
+Segmentation" (arXiv 2103.11351, 2021; AAAI 2022 as "... in Autonomous Driving").
+
+Several *labelled* datasets (Cityscapes, BDD100K, CamVid; here the toy world's cities
+``city_a``, ``city_b``, ``city_c``) train one network together:
+
+* **Dataset-Aware Block** (DAB, Fig. 2): conv (shared) -> BN of the batch's dataset -> ReLU.
+  :func:`build_cdcl_model` converts every BN of a PSPNet into a
+  :class:`kit.models.DSBatchNorm2d` and gives each dataset its own classifier head.
+* **Dataset Alternation Training** (DAT, Sec. 3.3): every iteration takes one batch of
+  each dataset, each through its own BNs and head, sums the losses
+  ``L = sum_i w_i L_i`` with ``L_i = -1/|I| sum_j y_j log p_j`` (the pixel cross-entropy of
+  dataset i), then one backward pass and one optimizer step (:class:`DATStep`).
+  The interval ``t``: the first dataset is trained every iteration, the others every
+  ``t``-th iteration only ("A t times per once B"; t = 1 is plain DAT).
+* The paper's **baselines**: single-dataset training, fine-tuning from one dataset to
+  another, and label remapping -- one ordinary network (shared BNs, one head) on the
+  union of the datasets with a merged label space (:class:`LabelRemap`; a dataset's
+  class that merges several union classes is trained with the log of their summed
+  probability, :func:`label_remap_loss`).
+
+Everything trains through :class:`kit.engine.Engine` and is cached with
+:func:`kit.cache.load_or_train` (:func:`load_or_train_cdcl`).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import losses
+from ..cache import load_or_train, save_checkpoint
+from ..config import register_method
+from ..data import IGNORE_INDEX, ToyWorld
+from ..data.world import DOMAINS, WORLD_CLASSES
+from ..engine import Engine, History, evaluate, seed_everything
+from ..models import DSBatchNorm2d, PSPNet, convert_to_dsbn, use_domain
+from .supervised import MODEL_KEYS, build_model, make_model_optimizer
+
+__all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep", "make_cdcl_datasets",
+           "build_cdcl_model", "dataset_model", "train_cdcl", "load_or_train_cdcl", "evaluate_cdcl",
+           "layer_statistics", "distribution_distance", "train"]
+
+#: the kinds of model this module trains
+KINDS = ("single", "finetune", "remap", "dat")
+
+# ---------------------------------------------------------------------------------------------
+# Defaults. "paper": PSPNet ResNet-18, SGD lr 0.01 poly 0.9, momentum 0.9, wd 1e-4, batch 8,
+# crop 512 (paper Sec. 4.1). "quick": the toy world, small data so that one city alone is
+# data-limited and pooling cities can help; Adam from scratch like the rest of the toy profile.
+# ---------------------------------------------------------------------------------------------
+register_method("cdcl", {
+    "common": {
+        "model": "pspnet",
+        "datasets": ["city_a", "city_b", "city_c"],  # toy cities, or cityscapes/bdd100k/camvid with data_root
+        "interval": 1,             # t: dataset 0 every iteration, the others every t-th iteration
+        "dat_mode": "sum",         # "sum" (DAT: one step on the summed loss) | "alternate" (one step per dataset)
+        "dataset_weights": None,   # w_i of the summed loss; None means all 1
+        "ft_iters": None,          # fine-tuning iterations; None means iters
+        "eval_items": None,        # val images per dataset in evaluation; None means all
+        "intervals": [1, 2, 4],    # the notebook's interval-t ablation
+        "ablation_seeds": None,    # seeds of the notebook's ablations; None means the first seed
+    },
+    "smoke": {"n_train": 16, "n_val": 8, "iters": 3, "ft_iters": 2, "batch_size": 2},
+    "quick": {"n_train": 96, "n_val": 96, "iters": 150, "ft_iters": 100, "seeds": [0, 1]},
+    "paper": {"depth": 18, "width": 64, "output_stride": 8, "size": [512, 512], "source_size": None,
+              "eval_size": [512, 1024], "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+              "weight_decay": 1e-4, "head_lr_mult": 10.0, "batch_size": 8, "frozen_bn": False,
+              "iters": 40000, "ft_iters": 20000, "n_train": 3000, "n_val": 500,
+              "datasets": ["city_a", "city_b", "city_c"]},
+})
+
+
+# =============================================================================================
+# Label remapping (the paper's "label remapping" baseline): one label space for all datasets
+# =============================================================================================
+@dataclass
+class LabelRemap:
+    """A merged ("union") label space and, per dataset, which union classes each of its
+    classes covers.
+
+    ``groups[i][c]`` is the tuple of union classes that dataset i's class ``c`` stands for
+    (one class for a shared class, several where the dataset merges classes, e.g. CamVid's
+    or city C's "vegetation" = vegetation + terrain). Every union class belongs to at most
+    one class of each dataset (to none if the dataset does not label it).
+    """
+
+    union: tuple[str, ...]
+    spaces: tuple[tuple[str, ...], ...]
+    groups: tuple[dict[str, tuple[str, ...]], ...]
+
+    def __post_init__(self):
+        self.union = tuple(self.union)
+        self.spaces = tuple(tuple(s) for s in self.spaces)
+        if len(set(self.union)) != len(self.union):
+            raise ValueError(f"union label space has duplicates: {self.union}")
+        if len(self.groups) != len(self.spaces):
+            raise ValueError(f"{len(self.spaces)} label spaces but {len(self.groups)} group maps")
+        for i, (space, groups) in enumerate(zip(self.spaces, self.groups)):
+            if set(groups) != set(space):
+                raise ValueError(f"dataset {i}: groups must name each of its classes {space} once, got {list(groups)}")
+            seen: dict[str, str] = {}
+            for c, members in groups.items():
+                if not members:
+                    raise ValueError(f"dataset {i}: class {c!r} covers no union class")
+                for u in members:
+                    if u not in self.union:
+                        raise ValueError(f"dataset {i}: class {c!r} maps to {u!r}, not in the union {self.union}")
+                    if u in seen:
+                        raise ValueError(f"dataset {i}: union class {u!r} is in both {seen[u]!r} and {c!r}")
+                    seen[u] = c
+
+    @classmethod
+    def from_domains(cls, names: Sequence[str]) -> "LabelRemap":
+        """The remap of toy-world domains: the union is every world class some domain labels."""
+        specs = [DOMAINS[n] if isinstance(n, str) else n for n in names]
+        union = tuple(w for w in WORLD_CLASSES if any(s.label_of.get(w, w) is not None for s in specs))
+        groups = []
+        for s in specs:
+            g: dict[str, tuple[str, ...]] = {c: () for c in s.classes}
+            for w in union:
+                t = s.label_of.get(w, w)
+                if t is not None:
+                    g[t] = g[t] + (w,)
+            groups.append(g)
+        return cls(union, tuple(s.classes for s in specs), tuple(groups))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.union)
+
+    def membership(self, i: int) -> torch.Tensor:
+        """float [K_i, K_union]: M[c, u] = 1 if dataset i's class c covers union class u."""
+        space = self.spaces[i]
+        m = torch.zeros(len(space), len(self.union))
+        for c, members in self.groups[i].items():
+            for u in members:
+                m[space.index(c), self.union.index(u)] = 1.0
+        return m
+
+    def lut(self, i: int) -> torch.Tensor:
+        """int64 [K_union]: union class -> dataset i's class (255 where dataset i does not label it)."""
+        out = torch.full((len(self.union),), IGNORE_INDEX, dtype=torch.int64)
+        m = self.membership(i)
+        for u in range(len(self.union)):
+            hit = m[:, u].nonzero()
+            if len(hit):
+                out[u] = int(hit[0])
+        return out
+
+
+def label_remap_loss(logits: torch.Tensor, labels: torch.Tensor, membership: torch.Tensor,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy of a union-space prediction against one dataset's labels.
+
+    Shapes: ``logits`` [B,K_union,h,w] (upsampled to the label size here), ``labels``
+    [B,H,W] in dataset space (``ignore_index`` ignored), ``membership`` [K_d,K_union]
+    (:meth:`LabelRemap.membership`). The probability of dataset class c is the sum of the
+    probabilities of the union classes it covers; the loss is ``-mean log p(c)``.
+    With an identity membership it equals :func:`kit.losses.seg_loss`.
+
+    >>> logits = torch.zeros(1, 3, 1, 2); m = torch.tensor([[1., 1., 0.], [0., 0., 1.]])
+    >>> round(float(label_remap_loss(logits, torch.tensor([[[0, 1]]]), m)), 4)  # (log 1.5 + log 3) / 2
+    0.752
+    """
+    if membership.dim() != 2 or membership.shape[1] != logits.shape[1]:
+        raise ValueError(f"membership must be [K_dataset, K_union={logits.shape[1]}], got {tuple(membership.shape)}")
+    losses.check_labels(labels, membership.shape[0], ignore_index)
+    logits = losses.upsample(logits, labels.shape[-2:]).float()
+    prob = F.softmax(logits, dim=1)
+    grouped = torch.einsum("bkhw,ck->bchw", prob, membership.to(prob)).contiguous()
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.nll_loss(grouped.clamp_min(1e-12).log(), labels, ignore_index=ignore_index)
+
+
+class GroupedOutput(nn.Module):
+    """Wraps a union-space model for evaluation on dataset i: ``"out"`` becomes the log of the
+    grouped probabilities [B,K_i,h,w] (softmax of it gives back the grouped probabilities)."""
+
+    def __init__(self, model: nn.Module, membership: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("membership", membership.float())
+
+    def forward(self, x: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
+        out = dict(self.model(x, **kw))
+        prob = F.softmax(out["out"].float(), dim=1)
+        out["out"] = torch.einsum("bkhw,ck->bchw", prob, self.membership).clamp_min(1e-12).log()
+        return out
+
+
+# =============================================================================================
+# Dataset Alternation Training (paper Sec. 3.3)
+# =============================================================================================
+@dataclass
+class Route:
+    """How dataset i's batches go through the network: BN branch ``domain`` (None: plain BNs),
+    classifier ``head``, and a ``membership`` matrix for label remapping (None: own head)."""
+
+    stream: str
+    domain: int | None = None
+    head: int = 0
+    membership: torch.Tensor | None = None
+
+
+class DATStep:
+    """One DAT iteration (the step function of :class:`kit.engine.Engine`).
+
+    ``mode="sum"`` (the paper): ``L = sum_i w_i L_i`` over the datasets active this
+    iteration, one ``backward`` and one ``step``. ``mode="alternate"``: one optimizer step
+    per dataset batch, in turn (the per-batch alternation the paper compares against).
+    ``interval`` t: dataset 0 is active every iteration, the others when ``it % t == 0``.
+    Returns the per-dataset losses (``seg_<stream>``) and their weighted sum (``total``).
+    """
+
+    def __init__(self, routes: Sequence[Route], weights: Sequence[float] | None = None, interval: int = 1,
+                 mode: str = "sum"):
+        if mode not in ("sum", "alternate"):
+            raise ValueError(f"mode must be 'sum' or 'alternate', got {mode!r}")
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval t must be a positive int, got {interval!r}")
+        self.routes = list(routes)
+        if not self.routes:
+            raise ValueError("DATStep needs at least one route (dataset)")
+        self.weights = [1.0] * len(self.routes) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.routes):
+            raise ValueError(f"{len(self.routes)} datasets but {len(self.weights)} weights")
+        self.interval, self.mode = interval, mode
+
+    def active(self, it: int) -> list[int]:
+        return [i for i in range(len(self.routes)) if i == 0 or it % self.interval == 0]
+
+    def loss_of(self, model: nn.Module, route: Route, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if route.domain is not None:
+            with use_domain(model, route.domain):
+                out = model(x, head=route.head)
+        else:
+            out = model(x, head=route.head)
+        if route.membership is not None:
+            return label_remap_loss(out["out"], y, route.membership)
+        return losses.seg_loss(out["out"], y)
+
+    def __call__(self, batch, engine: Engine) -> dict[str, torch.Tensor]:
+        model, opt = engine.modules["model"], engine.optimizers["model"]
+        logs: dict[str, torch.Tensor] = {}
+        total = 0.0
+        opt.zero_grad(set_to_none=True)
+        for i in self.active(engine.it):
+            r = self.routes[i]
+            x, y = batch[r.stream]
+            with engine.autocast():
+                li = self.weights[i] * self.loss_of(model, r, x, y)
+            if self.mode == "alternate":
+                li.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            total = total + li
+            logs[f"seg_{r.stream}"] = li.detach()
+        if self.mode == "sum":
+            total.backward()
+            opt.step()
+        logs["total"] = total.detach()
+        return logs
+
+
+# =============================================================================================
+# Data and models
+# =============================================================================================
+#: real datasets under DATA_ROOT and their folder layout (paper profile)
+REAL_LAYOUT = """<data_root>/cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/... (Cityscapes reader)
+<data_root>/bdd100k/images/{train,val}/*.jpg, labels/{train,val}/*_train_id.png (19 Cityscapes train ids)
+<data_root>/camvid/{train,val}/*.png, {train,val}annot/*.png (SegNet CamVid: 11 classes, 11 = void)"""
+
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "vegetation", "traffic sign", "fence", "car",
+                  "person", "bicycle")
+#: CamVid (SegNet) class -> the Cityscapes classes it covers, for label remapping on real data
+CAMVID_TO_CITYSCAPES = {"sky": ("sky",), "building": ("building", "wall"), "pole": ("pole",), "road": ("road",),
+                        "sidewalk": ("sidewalk",), "vegetation": ("vegetation", "terrain"),
+                        "traffic sign": ("traffic sign", "traffic light"), "fence": ("fence",),
+                        "car": ("car", "truck", "bus", "train"), "person": ("person",),
+                        "bicycle": ("rider", "motorcycle", "bicycle")}
+
+
+def _real_dataset(root: Path, name: str, split: str, size, train: bool):
+    from ..data import CITYSCAPES_CLASSES, ResizeImage, real
+    from ..data.transforms import Compose, RandomCrop, RandomHorizontalFlip, Resize
+
+    tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
+    if name == "cityscapes":
+        return real.Cityscapes(root / "cityscapes", split, transform=tf)
+    if name == "bdd100k":
+        return real.FolderSegmentation(root / "bdd100k" / "images" / split, root / "bdd100k" / "labels" / split,
+                                       classes=CITYSCAPES_CLASSES, image_suffix=".jpg", label_strip="_train_id",
+                                       transform=tf)
+    if name == "camvid":
+        lm = {i: i for i in range(len(CAMVID_CLASSES))}
+        lm[11] = None
+        return real.FolderSegmentation(root / "camvid" / split, root / "camvid" / f"{split}annot", label_map=lm,
+                                       classes=CAMVID_CLASSES, transform=tf)
+    raise ValueError(f"unknown real dataset {name!r}; expected cityscapes, bdd100k or camvid laid out as\n{REAL_LAYOUT}")
+
+
+def make_cdcl_datasets(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"train": ds, "val": ds}}`` for every dataset in ``cfg["datasets"]``.
+
+    Toy world (``data_root`` None): ``ToyWorld(name, split, size, n_train / n_val)``.
+    Real data: ``cityscapes``, ``bdd100k``, ``camvid`` under ``data_root`` (:data:`REAL_LAYOUT`),
+    training images randomly cropped to ``size``, validation images resized to ``eval_size``.
+    """
+    names = list(cfg["datasets"])
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"datasets must be a non-empty list of distinct names, got {names}")
+    root = cfg.get("data_root")
+    out = {}
+    for n in names:
+        if not root:
+            if n not in DOMAINS:
+                raise ValueError(f"unknown toy-world dataset {n!r}; expected one of {sorted(DOMAINS)}")
+            out[n] = {"train": ToyWorld(n, "train", tuple(cfg["size"]), cfg["n_train"],
+                                        device=cfg.get("render_device", "cpu")),
+                      "val": ToyWorld(n, "val", tuple(cfg["eval_size"]), cfg["n_val"])}
+        else:
+            root = Path(root)
+            out[n] = {"train": _real_dataset(root, n, "train", cfg["size"], True),
+                      "val": _real_dataset(root, n, "val", cfg["eval_size"], False)}
+    return out
+
+
+def _classes(ds) -> tuple[str, ...]:
+    return tuple(ds.classes)
+
+
+def label_remap_for(datasets: Mapping[str, Mapping[str, Any]]) -> LabelRemap:
+    """The :class:`LabelRemap` of the given datasets (toy domains, or Cityscapes-space real data)."""
+    names = list(datasets)
+    if all(n in DOMAINS for n in names):
+        return LabelRemap.from_domains(names)
+    from ..data import CITYSCAPES_CLASSES
+
+    groups, spaces = [], []
+    for n in names:
+        cls = _classes(datasets[n]["train"])
+        spaces.append(cls)
+        groups.append(CAMVID_TO_CITYSCAPES if n == "camvid" else {c: (c,) for c in cls})
+    return LabelRemap(tuple(CITYSCAPES_CLASSES), tuple(spaces), tuple(dict(g) for g in groups))
+
+
+def build_cdcl_model(cfg: Mapping[str, Any], num_classes: Sequence[int] | int, dsbn: bool = True) -> nn.Module:
+    """The config's PSPNet with one head per entry of ``num_classes`` and, with ``dsbn``, every
+    BN converted to a dataset-specific BN with one branch per head (Dataset-Aware Blocks)."""
+    if cfg["model"] != "pspnet":
+        raise ValueError(f"CDCL uses PSPNet (model='pspnet'), got model={cfg['model']!r}")
+    heads = [int(num_classes)] if isinstance(num_classes, int) else [int(k) for k in num_classes]
+    model = build_model(cfg, heads if (dsbn or len(heads) > 1) else heads[0])
+    if dsbn:
+        convert_to_dsbn(model, len(heads))
+    return model
+
+
+def dataset_model(model: nn.Module, i: int) -> PSPNet:
+    """The plain PSPNet that a DAT model is for dataset i at inference: shared convs, BN branch
+    i, head i. Same parameters and FLOPs as a single-dataset PSPNet (the paper's "no extra
+    inference cost"); its outputs equal ``model(x, head=i)`` under ``use_domain(model, i)``."""
+    if not isinstance(model, PSPNet):
+        raise TypeError(f"dataset_model expects a PSPNet, got {type(model).__name__}")
+    heads = model.num_classes if isinstance(model.num_classes, list) else [model.num_classes]
+    if not 0 <= i < len(heads):
+        raise ValueError(f"dataset index {i} out of range for {len(heads)} heads")
+    single = copy.deepcopy(model)
+
+    def strip(mod: nn.Module):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, DSBatchNorm2d):
+                setattr(mod, name, copy.deepcopy(child.bns[i]))
+            else:
+                strip(child)
+
+    strip(single)
+    if isinstance(single.classifier, nn.ModuleList):
+        single.classifier = single.classifier[i]
+        if single.aux_classifier is not None:
+            single.aux_classifier = single.aux_classifier[i]
+        single.num_classes, single.num_heads = heads[i], 1
+    return single
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+def _check_kind(kind: str, names: Sequence[str], init: str | None) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if kind in ("single", "finetune") and len(names) != 1:
+        raise ValueError(f"kind {kind!r} trains on exactly one dataset, got {list(names)}")
+    if kind in ("remap", "dat") and len(names) < 1:
+        raise ValueError(f"kind {kind!r} needs at least one dataset")
+    if kind == "finetune" and not init:
+        raise ValueError("kind 'finetune' needs init=<the dataset the model is first trained on>")
+
+
+def _build(cfg, kind, names, datasets):
+    """(model, routes) for a kind of training on ``names``."""
+    ks = [datasets[n]["train"].num_classes for n in names]
+    if kind == "dat":
+        model = build_cdcl_model(cfg, ks, dsbn=True)
+        routes = [Route(n, domain=i, head=i) for i, n in enumerate(names)]
+    elif kind == "remap":
+        remap = label_remap_for({n: datasets[n] for n in names})
+        model = build_cdcl_model(cfg, remap.num_classes, dsbn=False)
+        routes = [Route(n, membership=remap.membership(i)) for i, n in enumerate(names)]
+    else:
+        model = build_cdcl_model(cfg, ks[0], dsbn=False)
+        routes = [Route(names[0])]
+    return model, routes
+
+
+def train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int = 0,
+               datasets: Mapping[str, Any] | None = None, init_state: Mapping[str, torch.Tensor] | None = None,
+               desc: str | None = None) -> tuple[nn.Module, History]:
+    """Train one model: ``kind`` in :data:`KINDS` on the datasets ``names``.
+
+    ``"single"``: a PSPNet on one dataset; ``"finetune"``: the same, started from
+    ``init_state`` (the backbone and every layer whose shape fits; the classifier is new when
+    label spaces differ) for ``ft_iters``; ``"remap"``: one PSPNet on all ``names`` with the
+    merged label space; ``"dat"``: DSBN + one head per dataset, DAT with ``interval``,
+    ``dat_mode`` and ``dataset_weights`` of the config. Returns ``(model, history)``.
+    """
+    names = list(names)
+    _check_kind(kind, names, "x" if init_state is not None or kind != "finetune" else None)
+    ds = datasets if datasets is not None else make_cdcl_datasets({**cfg, "datasets": names})
+    missing = [n for n in names if n not in ds]
+    if missing:
+        raise ValueError(f"datasets {missing} not in the given datasets {list(ds)}")
+    seed_everything(seed)
+    model, routes = _build(cfg, kind, names, ds)
+    iters = int(cfg["iters"])
+    if kind == "finetune":
+        own = model.state_dict()
+        fit = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fit, strict=False)
+        iters = int(cfg.get("ft_iters") or cfg["iters"])
+    step = DATStep(routes, cfg.get("dataset_weights") if kind == "dat" else None,
+                   int(cfg.get("interval", 1)) if kind == "dat" else 1,
+                   cfg.get("dat_mode", "sum") if kind == "dat" else "sum")
+    opt = make_model_optimizer(cfg, model)
+    eng = Engine({"model": model}, {"model": opt}, step, {n: ds[n]["train"] for n in names}, cfg["batch_size"],
+                 iters, poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
+                 channels_last=cfg["channels_last"], seed=seed, log_every=cfg["log_every"],
+                 progress=cfg["progress"], num_workers=cfg["num_workers"],
+                 desc=desc or f"cdcl {kind} {'+'.join(names)} seed {seed}", find_unused_parameters=True)
+    history = eng.run()
+    model.cpu().eval()
+    return model, history
+
+
+_TRAIN_KEYS = ("size", "data_root", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult",
+               "momentum", "weight_decay", "poly_power", "amp", "channels_last")
+
+
+def cache_key(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int, datasets, init: str | None = None):
+    key: dict[str, Any] = {k: cfg[k] for k in MODEL_KEYS + _TRAIN_KEYS}
+    key.update(kind=kind, names=list(names), seed=int(seed),
+               data=[getattr(datasets[n]["train"], "fingerprint", n) for n in names])
+    if kind == "dat":
+        key.update(interval=int(cfg["interval"]), dat_mode=cfg["dat_mode"], weights=cfg["dataset_weights"])
+    if kind == "finetune":
+        key.update(init=init, ft_iters=cfg["ft_iters"],
+                   data=key["data"] + [getattr(datasets[init]["train"], "fingerprint", init)])
+    return key
+
+
+def load_or_train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int = 0,
+                       datasets: Mapping[str, Any] | None = None, init: str | None = None,
+                       verbose: bool = True) -> tuple[nn.Module, dict]:
+    """The cached model of :func:`train_cdcl` for ``(cfg, kind, names, seed)``, else train it.
+
+    ``kind="finetune"``: ``names = [target]`` and ``init`` the dataset first trained on (its
+    cached single-dataset model, same seed, is loaded or trained first).
+    Returns ``(model in eval mode, meta)``; ``meta["history"]`` holds the training losses.
+    """
+    names = list(names)
+    _check_kind(kind, names, init)
+    ds = datasets if datasets is not None else make_cdcl_datasets({**cfg, "datasets": sorted(set(names + ([init] if init else [])))})
+    key = cache_key(cfg, kind, names, seed, ds, init)
+
+    def fit():
+        init_state = None
+        if kind == "finetune":
+            base, _ = load_or_train_cdcl(cfg, "single", [init], seed, ds, verbose=verbose)
+            init_state = base.state_dict()
+        model, hist = train_cdcl(cfg, kind, names, seed, ds, init_state)
+        return {"model": model.state_dict()}, {"history": hist.to_dict()}
+
+    state, meta = load_or_train(f"cdcl_{kind}", key, fit, cfg.get("cache_dir"), verbose=verbose)
+    model, _ = _build(cfg, kind, names, ds)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, meta
+
+
+def evaluate_cdcl(model: nn.Module, kind: str, names: Sequence[str], datasets: Mapping[str, Any],
+                  cfg: Mapping[str, Any], branch: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """mIoU of a model on each dataset's val split: ``{name: EvalResult}``.
+
+    ``names`` are the datasets the model was trained on (their order gives BN branches and
+    heads); a single/fine-tuned model is evaluated on its one dataset. ``branch`` (DAT only)
+    overrides the BN branch per dataset name (to route a dataset through another's BNs).
+    """
+    names = list(names)
+    out = {}
+    kw = dict(batch_size=cfg["eval_batch_size"], amp=cfg["amp"], max_items=cfg.get("eval_items"),
+              flip=cfg.get("flip_eval", False))
+    if kind == "remap":
+        remap = label_remap_for({n: datasets[n] for n in names})
+        for i, n in enumerate(names):
+            val = datasets[n]["val"]
+            out[n] = evaluate(GroupedOutput(model, remap.membership(i)), val, val.num_classes, **kw)
+        return out
+    if kind in ("single", "finetune"):
+        val = datasets[names[0]]["val"]
+        return {names[0]: evaluate(model, val, val.num_classes, **kw)}
+    for i, n in enumerate(names):
+        val = datasets[n]["val"]
+        b = i if branch is None else int(branch.get(n, i))
+        with use_domain(model, b):
+            out[n] = evaluate(model, val, val.num_classes, head=i, **kw)
+    return out
+
+
+# =============================================================================================
+# The motivation figure (paper Fig. 1): conv weights alike, BN statistics different
+# =============================================================================================
+def layer_statistics(model: nn.Module) -> list[dict[str, Any]]:
+    """For every BN of a plain network and the conv just before it: the conv weights and the
+    BN's running means and variances (numpy arrays), with the layer names."""
+    recs, last_conv = [], None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            last_conv = (name, m)
+        elif isinstance(m, nn.BatchNorm2d) and last_conv is not None and m.running_mean is not None:
+            recs.append({"bn": name, "conv": last_conv[0],
+                         "conv_weight": last_conv[1].weight.detach().flatten().cpu().numpy(),
+                         "bn_mean": m.running_mean.detach().cpu().numpy(),
+                         "bn_var": m.running_var.detach().cpu().numpy()})
+            last_conv = None
+    if not recs:
+        raise ValueError("model has no conv followed by a BatchNorm2d (a DSBN model? use dataset_model first)")
+    return recs
+
+
+def distribution_distance(a, b, quantiles: int = 256) -> float:
+    """Scale-free distance between two empirical distributions: the 1-Wasserstein distance
+    (mean absolute difference of matched quantiles) divided by the pooled standard deviation.
+    0 for identical distributions; comparable across layers of different scale.
+
+    >>> round(distribution_distance([0., 1., 2.], [0., 1., 2.]), 3)
+    0.0
+    """
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ValueError("distribution_distance needs two non-empty samples")
+    q = (np.arange(quantiles) + 0.5) / quantiles
+    w1 = float(np.mean(np.abs(np.quantile(a, q) - np.quantile(b, q))))
+    sd = float(np.std(np.concatenate([a, b])))
+    return w1 / sd if sd > 0 else 0.0
+
+
+# =============================================================================================
+# Trainer for ``kit train cdcl``
+# =============================================================================================
+def train(cfg: Mapping[str, Any]) -> Path | None:
+    """Trainer for ``kit train cdcl``: DAT with DABs on ``cfg["datasets"]`` (first seed), saved as
+    ``<run_dir>/cdcl.pt`` (state_dict; dataset names, label spaces and history in the JSON)."""
+    from .. import distributed
+    from . import train_output_path
+
+    ds = make_cdcl_datasets(cfg)
+    names = list(cfg["datasets"])
+    seed = int(cfg["seeds"][0])
+    model, history = train_cdcl(cfg, "dat", names, seed, ds)
+    path = train_output_path(cfg, "cdcl")
+    if distributed.is_main():
+        meta = {"method": "cdcl", "seed": seed, "datasets": names,
+                "classes": {n: list(_classes(ds[n]["train"])) for n in names},
+                "config": dict(cfg), "history": history.to_dict()}
+        save_checkpoint(path, {"model": model.state_dict()}, meta)
+    distributed.barrier()
+    return path if distributed.is_main() else None
