@@ -32,6 +32,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         world = json.loads((run("bench_world.py", "--json", f"{tmp}/w.json") and Path(f"{tmp}/w.json").read_text()))
         labels = run("bench_labels.py")
+        ripu = run("bench_ripu_selection.py")
         books = None
         if not args.skip_notebooks:
             run("bench_notebooks.py", "--json", f"{tmp}/n.json")
@@ -60,6 +61,10 @@ def main() -> int:
         "## Label reading and mapping (real-dataset readers)",
         "",
         "```", labels.strip(), "```",
+        "",
+        "## RIPU region selection at 1024x2048 (k=1, 2.2% budget over 5 rounds): greedy loop vs kit",
+        "",
+        "```", ripu.strip(), "```",
     ]
     if books is not None:
         lines += ["", "## Notebooks (fresh cache, headless)", "", "| notebook | profile | wall time (s) | ok |",
