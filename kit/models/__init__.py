@@ -14,6 +14,7 @@ from .dsbn import DSBatchNorm2d, convert_to_dsbn, dsbn_modules, get_domain, set_
 from .pspnet import PSPNet, PyramidPooling
 from .resnet import BasicBlock, Bottleneck, ResNet, load_pretrained, resnet
 from .unet import UNet
+from .unet_fullres import UNetFullRes  # noqa: F401  (DDeP: U-Net with a full-resolution input skip)
 from .utils import (InputNorm, count_flops, count_parameters, freeze, param_groups_from, unfreeze,
                     upsample_like)
 

@@ -1,0 +1,468 @@
+"""DeP / DDeP -- Brempong et al., "Denoising Pretraining for Semantic Segmentation" (CVPR-W 2022)
+and "Decoder Denoising Pretraining for Semantic Segmentation" (TMLR 2022, arXiv 2205.11423).
+
+Setting: many unlabeled images, few labeled ones, a U-Net-shaped segmenter
+(:class:`kit.models.UNet`: ResNet encoder, optional TransUNet Transformer bottleneck,
+U-Net decoder with skips, a 1x1 output projection ``head``).
+
+* **Denoising pretraining** (:func:`denoising_step`): corrupt an unlabeled image,
+  ``x~ = sqrt(gamma) x + sqrt(1 - gamma) eps`` with ``sigma = sqrt(1 - gamma)``, and train the
+  network, with a 3-channel head, to predict ``eps`` under an L2 loss
+  (:mod:`kit.losses`, section "DeP / DDeP"). Variants: a fixed sigma or one sampled per
+  example; predicting the noise or the clean image; scaled or plain additive noise.
+* **DeP**: the whole network starts from random weights and is pretrained by denoising.
+* **DDeP**: the encoder comes from *supervised* pretraining and stays frozen (weights and
+  BatchNorm statistics bit-identical); only the decoder (Transformer bottleneck, upsampling
+  blocks, head) is pretrained by denoising.
+* **Fine-tuning** (:func:`finetune`): swap the head for a C-class classifier
+  (:meth:`UNet.replace_head`), keep the pretrained body, train everything with
+  cross-entropy on a labeled fraction of the images (:func:`label_subset`: seeded and
+  nested, so the 5% set contains the 2% set).
+
+Supervised encoder stand-in. The paper initialises the encoder from ImageNet-21K
+classification. Here (unless ``cfg["pretrained"]`` gives a torchvision ImageNet file) the
+encoder is trained *with labels* on another domain (``cfg["source"]``: the toy world's
+"synthetic" domain, GTA5 with real data) -- data disjoint from every fine-tuning label,
+labeled by someone else, from a different distribution than the target; that is the
+role ImageNet-21K plays. It is a *stronger* stand-in than ImageNet (dense labels, the
+same label space, a closer domain), which makes the "DDeP beats supervised" test harder.
+
+Every trained model is cached by :func:`kit.cache.load_or_train`, keyed by everything that
+defines it (including the key of the model it starts from).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .. import losses
+from ..cache import config_hash, load_or_train
+from ..config import register_method
+from ..data import make_da_datasets
+from ..engine import Engine, evaluate, make_optimizer, seed_everything
+from ..models import UNet, UNetFullRes
+
+__all__ = ["INITS", "MODEL_KEYS", "PRETRAIN_KEYS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
+           "label_fraction_sets", "denoising_step", "pretrain_denoising", "train_supervised_encoder",
+           "load_supervised_encoder", "load_denoising_pretrained", "init_model", "finetune", "load_or_finetune",
+           "denoise_images", "encoder_digest", "train"]
+
+#: the four initialisations compared in the label-fraction curve (paper Fig. 1 / Table 1)
+INITS = ("random", "supervised", "dep", "ddep")
+
+register_method("ddep", {
+    "common": {
+        "model": "unet",
+        "depth": 18, "width": 8,
+        "decoder_width": 8,           # U-Net decoder channels (8d, 4d, 2d, d, d)
+        "transformer_layers": 1,      # TransUNet-style Transformer on the stride-32 tokens (0 = plain U-Net)
+        "transformer_heads": 4,
+        "input_skip": True,           # full-resolution input skip in the last decoder block (kit.models.UNetFullRes)
+        "n_val": 100,
+        # denoising pretraining
+        "sigma": 0.2,                 # noise std on the [-1, 1] image scale (sigma = sqrt(1 - gamma))
+        "sigma_mode": "fixed",        # "fixed" | "sampled" (uniform in sigma_range, per example)
+        "sigma_range": [0.05, 0.8],
+        "noise_scaled": True,         # x~ = sqrt(1 - sigma^2) x + sigma eps (False: x + sigma eps)
+        "denoise_target": "noise",    # "noise" (the paper) | "image"
+        "pretrain_iters": 200, "pretrain_batch_size": 8, "pretrain_lr": 2e-3,
+        # supervised encoder stand-in (trained with labels on cfg["source"])
+        "supervised_iters": 200,
+        # fine-tuning (iters, batch_size, lr are the common fields)
+        "label_fractions": [0.01, 0.05, 0.25, 1.0],
+        "inits": list(INITS),
+        "fraction": 0.05,             # label fraction of single runs: sigma sweep, fine-tuning curves, kit train
+        "sweep_sigmas": [0.05, 0.1, 0.2, 0.4, 0.8],
+        "sweep_seeds": [0],
+        "curve_every": 20,            # evaluate every this many fine-tuning steps for the convergence curves
+    },
+    "smoke": {"n_train": 40, "n_val": 8, "decoder_width": 8, "pretrain_iters": 3, "pretrain_batch_size": 4,
+              "supervised_iters": 3, "iters": 3, "label_fractions": [0.1, 1.0], "fraction": 0.1,
+              "sweep_sigmas": [0.1, 0.2], "curve_every": 2},
+    # quick: 2 seeds, 80 fine-tuning steps, a ResNet-18 layout at width 8 (4 inits x 4 fractions x
+    # 2 seeds + the sigma sweep must fit in ~4.5 CPU minutes); Adam from scratch like the toy profile
+    "quick": {"seeds": [0, 1], "iters": 80},
+    # The paper: TransUNet (R50 + ViT-B/16, 12 layers), sigma = 0.2, Cityscapes label fractions.
+    # Here: ResNet-18 at width 64 + a 12-layer Transformer on its 512-d stride-32 tokens (the
+    # kit's UNet has no token projection, so a ResNet-50's 2048-d tokens would make 12 layers
+    # ~600M parameters). Iteration counts and learning rates are this kit's choice (the card
+    # gives none); Adam, as the paper fine-tunes with Adam-type optimizers.
+    "paper": {"depth": 18, "width": 64, "decoder_width": 32, "transformer_layers": 12, "transformer_heads": 8,
+              "optimizer": "adam", "lr": 1e-4, "head_lr_mult": 1.0, "frozen_bn": False, "batch_size": 8,
+              "iters": 20000, "pretrain_iters": 50000, "pretrain_batch_size": 8, "pretrain_lr": 1e-4,
+              "supervised_iters": 40000, "sweep_seeds": [0], "curve_every": 2000,
+              "label_fractions": [0.01, 0.02, 0.05, 0.1, 0.25, 1.0]},
+})
+
+#: config fields that define the network
+MODEL_KEYS = ("depth", "width", "decoder_width", "transformer_layers", "transformer_heads", "input_skip")
+#: config fields that define denoising pretraining
+PRETRAIN_KEYS = ("sigma", "sigma_mode", "sigma_range", "noise_scaled", "denoise_target", "pretrain_iters",
+                 "pretrain_batch_size", "pretrain_lr", "optimizer", "poly_power", "amp", "size", "n_train",
+                 "data_root", "target")
+
+
+# ----------------------------------------------------------------------------------
+# Data helpers
+# ----------------------------------------------------------------------------------
+class ImagesOnly(Dataset):
+    """A labeled dataset seen as unlabeled: ``(image, -1)`` -- the label is never handed out."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        return self.dataset[i][0], torch.tensor(-1)
+
+    @property
+    def fingerprint(self):
+        return getattr(self.dataset, "fingerprint", None)
+
+
+class RepeatTo(Dataset):
+    """The items ``indices`` of ``dataset``, cycled to at least ``min_len`` items (so a 1% set of a
+    small split still fills a batch); ``len(unique)`` stays the number of labeled images."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], min_len: int = 1):
+        if not len(indices):
+            raise ValueError("RepeatTo needs at least one index")
+        self.dataset, self.unique = dataset, list(indices)
+        reps = max(1, math.ceil(min_len / len(self.unique)))
+        self.indices = self.unique * reps
+        self.num_classes = getattr(dataset, "num_classes", None)
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+def label_subset(n: int, fraction: float, seed: int = 0) -> list[int]:
+    """The indices of the labeled images for a label ``fraction`` of a split of ``n`` images.
+
+    The first ``max(1, round(fraction * n))`` entries of a permutation seeded by ``seed``,
+    so subsets are reproducible and *nested*: for one seed the 5% set contains the 2% set.
+
+    >>> a, b = label_subset(1000, 0.02, 0), label_subset(1000, 0.05, 0)
+    >>> len(a), len(b), set(a) <= set(b)
+    (20, 50, True)
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction!r}")
+    k = max(1, int(round(float(fraction) * n)))
+    g = torch.Generator().manual_seed(1_000_003 * int(seed) + 12345)
+    return torch.randperm(n, generator=g)[:k].tolist()
+
+
+def label_fraction_sets(n: int, fractions: Sequence[float], seed: int = 0) -> dict[float, list[int]]:
+    """``{fraction: indices}`` for every fraction (nested, see :func:`label_subset`)."""
+    return {float(f): label_subset(n, f, seed) for f in fractions}
+
+
+# ----------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------
+def build_unet(cfg: Mapping[str, Any], out_channels: int, imagenet: bool = False) -> UNet:
+    """The config's U-Net / TransUNet with ``out_channels`` outputs (3 for denoising, C for
+    segmentation; :class:`kit.models.UNetFullRes` when ``cfg["input_skip"]``: the input image is a
+    full-resolution skip, without which per-pixel noise is not predictable from a frozen stride-2
+    stem). ``imagenet=True`` loads ``cfg["pretrained"]`` into the encoder."""
+    cls = UNetFullRes if cfg.get("input_skip", False) else UNet
+    return cls(out_channels, depth=cfg["depth"], width=cfg["width"], decoder_width=cfg["decoder_width"],
+                transformer_layers=cfg["transformer_layers"], transformer_heads=cfg["transformer_heads"],
+                pretrained=cfg.get("pretrained") if imagenet else None, head_lr_mult=cfg["head_lr_mult"])
+
+
+def encoder_digest(model: UNet) -> str:
+    """A hash of every encoder tensor (weights *and* BatchNorm buffers), to check "bit-identical"."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _engine(cfg, model, step, data, iters, batch_size, lr, seed, desc, eval_fn=None, eval_every=0):
+    return Engine({"model": model}, {"model": _optimizer(cfg, model, float(lr))},
+                  step, data, batch_size, iters, poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
+                  channels_last=cfg["channels_last"], seed=seed, eval_fn=eval_fn, eval_every=eval_every,
+                  log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"], desc=desc)
+
+
+def _optimizer(cfg, model: UNet, lr: float):
+    wd = cfg["weight_decay"] if cfg["optimizer"] == "sgd" else 0.0
+    return make_optimizer(cfg["optimizer"], model.param_groups(), lr, cfg["momentum"], wd)
+
+
+# ----------------------------------------------------------------------------------
+# Denoising pretraining (DeP / DDeP)
+# ----------------------------------------------------------------------------------
+def denoising_step(sigma: float = 0.2, sigma_mode: str = "fixed", sigma_range: Sequence[float] = (0.05, 0.8),
+                   scaled: bool = True, target: str = "noise", frozen_encoder: bool = False):
+    """The step function of denoising pretraining (for :class:`kit.engine.Engine`, stream "unlabeled").
+
+    Per batch: ``x`` = images on the [-1, 1] scale; sigma fixed or sampled per example;
+    ``x~, eps = noisy_image(x, sigma)``; the network sees ``x~`` (mapped back to the [0, 1]
+    input convention, values outside it allowed) and its 3-channel output is regressed on
+    ``eps`` (or on ``x``) with L2. With ``frozen_encoder`` (DDeP) the encoder is held in eval
+    mode, so its BatchNorm statistics do not move either.
+    """
+    if sigma_mode not in ("fixed", "sampled"):
+        raise ValueError(f"sigma_mode must be 'fixed' or 'sampled', got {sigma_mode!r}")
+    if target not in losses.DENOISING_TARGETS:
+        raise ValueError(f"denoise_target must be one of {losses.DENOISING_TARGETS}, got {target!r}")
+    lo, hi = (float(v) for v in sigma_range)
+
+    def step(batch, engine):
+        model, opt = engine.modules["model"], engine.optimizers["model"]
+        if frozen_encoder:
+            model.encoder.eval()
+        x = losses.to_signed(batch["unlabeled"][0])
+        s = losses.sample_sigma(x.shape[0], lo, hi, device=x.device) if sigma_mode == "sampled" else sigma
+        x_noisy, eps = losses.noisy_image(x, s, scaled=scaled)            # Eq. 1
+        opt.zero_grad(set_to_none=True)
+        with engine.autocast():
+            pred = model(losses.from_signed(x_noisy))["out"]
+        loss = losses.denoising_loss(pred, x, eps, target)                # Eq. 2
+        loss.backward()
+        opt.step()
+        return {"denoise": loss.detach()}
+
+    return step
+
+
+def pretrain_denoising(cfg: Mapping[str, Any], unlabeled: Dataset, seed: int = 0,
+                       encoder_state: Mapping[str, torch.Tensor] | None = None, **overrides) -> tuple[UNet, Any]:
+    """Denoising pretraining of a 3-channel U-Net on ``unlabeled`` images; returns ``(model, history)``.
+
+    ``encoder_state=None``: DeP (everything from random weights, everything trained).
+    ``encoder_state`` given: DDeP (that encoder loaded and frozen; only the decoder trained).
+    ``overrides`` replace config fields (``sigma=0.4``, ``denoise_target="image"``, ...).
+    """
+    c = dict(cfg)
+    for k, v in overrides.items():
+        if k not in c:
+            raise ValueError(f"unknown pretraining field {k!r}; valid: {sorted(PRETRAIN_KEYS)}")
+        c[k] = v
+    seed_everything(seed)
+    model = build_unet(c, 3)
+    ddep = encoder_state is not None
+    if ddep:
+        model.encoder.load_state_dict(encoder_state)
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    step = denoising_step(float(c["sigma"]), c["sigma_mode"], c["sigma_range"], bool(c["noise_scaled"]),
+                          c["denoise_target"], frozen_encoder=ddep)
+    eng = _engine(c, model, step, {"unlabeled": ImagesOnly(unlabeled) if not isinstance(unlabeled, ImagesOnly)
+                                   else unlabeled}, int(c["pretrain_iters"]), int(c["pretrain_batch_size"]), c["pretrain_lr"], seed,
+                  desc=f"{'DDeP' if ddep else 'DeP'} pretrain seed {seed}")
+    history = eng.run()
+    if ddep:
+        for p in model.encoder.parameters():
+            p.requires_grad_(True)
+    model.eval()
+    return model, history
+
+
+def _seg_step(batch, engine):
+    model, opt = engine.modules["model"], engine.optimizers["model"]
+    x, y = batch["train"]
+    opt.zero_grad(set_to_none=True)
+    with engine.autocast():
+        out = model(x)["out"]
+    loss = losses.seg_loss(out, y)
+    loss.backward()
+    opt.step()
+    return {"seg": loss.detach()}
+
+
+def train_supervised_encoder(cfg: Mapping[str, Any], labeled: Dataset, seed: int = 0) -> tuple[UNet, Any]:
+    """The supervised-pretraining stand-in: the U-Net trained with cross-entropy on ``labeled``
+    (another domain's labeled images) for ``supervised_iters``; its encoder is what counts."""
+    seed_everything(seed)
+    model = build_unet(cfg, labeled.num_classes)
+    eng = _engine(cfg, model, _seg_step, {"train": labeled}, int(cfg["supervised_iters"]), cfg["batch_size"], cfg["lr"], seed,
+                  desc=f"supervised encoder seed {seed}")
+    history = eng.run()
+    return model, history
+
+
+# ----------------------------------------------------------------------------------
+# Cached pretrained models
+# ----------------------------------------------------------------------------------
+def _model_key(cfg) -> dict:
+    return {k: cfg[k] for k in MODEL_KEYS}
+
+
+def load_supervised_encoder(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any],
+                            verbose: bool = True) -> tuple[dict, str, dict]:
+    """``(encoder state_dict, cache key, meta)`` of the supervised encoder (cached).
+
+    With ``cfg["pretrained"]`` (a torchvision ImageNet file) the encoder is that file's weights
+    (the paper's setting); otherwise the stand-in trained on ``datasets["source_train"]``.
+    """
+    if cfg.get("pretrained"):
+        enc = build_unet(cfg, 3, imagenet=True).encoder.state_dict()
+        return enc, config_hash({"imagenet": str(cfg["pretrained"]), **_model_key(cfg)}), {}
+    src = datasets["source_train"]
+    key = {"what": "supervised_encoder", **_model_key(cfg), "iters": cfg["supervised_iters"],
+           "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": cfg["optimizer"],
+           "poly_power": cfg["poly_power"], "amp": cfg["amp"], "domain": getattr(src, "domain", None),
+           "data": getattr(src, "fingerprint", None), "n": len(src), "seed": seed}
+
+    def run():
+        model, hist = train_supervised_encoder(cfg, src, seed)
+        return {"model": model.state_dict()}, {"history": hist.to_dict(), "num_classes": src.num_classes}
+
+    state, meta = load_or_train("ddep_supervised", key, run, cfg.get("cache_dir"), verbose=verbose)
+    enc = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    return enc, config_hash(key), meta
+
+
+def load_denoising_pretrained(cfg: Mapping[str, Any], kind: str, seed: int, datasets: Mapping[str, Any],
+                              verbose: bool = True, **overrides) -> tuple[dict, str, dict]:
+    """``(3-channel model state_dict, cache key, meta)`` of DeP (``kind="dep"``) or DDeP (``"ddep"``)
+    pretraining on the target training images (labels unused), with config ``overrides``."""
+    if kind not in ("dep", "ddep"):
+        raise ValueError(f"kind must be 'dep' or 'ddep', got {kind!r}")
+    c = dict(cfg)
+    c.update(overrides)
+    unl = datasets["target_train"]
+    key = {"what": kind, **_model_key(c), **{k: c[k] for k in PRETRAIN_KEYS},
+           "data": getattr(unl, "fingerprint", None), "seed": seed}
+    enc = None
+    if kind == "ddep":
+        enc, enc_key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
+        key["encoder"] = enc_key
+
+    def run():
+        model, hist = pretrain_denoising(c, unl, seed, enc)
+        return {"model": model.state_dict()}, {"history": hist.to_dict()}
+
+    state, meta = load_or_train(f"ddep_{kind}", key, run, cfg.get("cache_dir"), verbose=verbose)
+    return state["model"], config_hash(key), meta
+
+
+def init_model(cfg: Mapping[str, Any], init: str, num_classes: int, seed: int, datasets: Mapping[str, Any],
+               verbose: bool = True, **overrides) -> tuple[UNet, str]:
+    """A C-class U-Net initialised as ``init`` (one of :data:`INITS`); returns ``(model, init key)``.
+
+    random: everything random. supervised: supervised encoder, random decoder and head.
+    dep / ddep: the denoising-pretrained body, head swapped for a fresh C-class projection.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    if init == "random":
+        seed_everything(seed)
+        return build_unet(cfg, num_classes), config_hash({"random": seed, **_model_key(cfg)})
+    if init == "supervised":
+        enc, key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
+        seed_everything(seed)
+        model = build_unet(cfg, num_classes)
+        model.encoder.load_state_dict(enc)
+        return model, key
+    state, key, _ = load_denoising_pretrained(cfg, init, seed, datasets, verbose, **overrides)
+    model = build_unet(cfg, 3)
+    model.load_state_dict(state)
+    seed_everything(seed)
+    model.replace_head(num_classes)
+    return model, key
+
+
+# ----------------------------------------------------------------------------------
+# Fine-tuning
+# ----------------------------------------------------------------------------------
+def finetune(cfg: Mapping[str, Any], model: UNet, train_set: Dataset, val_set: Dataset | None = None,
+             seed: int = 0, eval_every: int = 0, desc: str = "fine-tune") -> Any:
+    """Fine-tune all of ``model`` with cross-entropy on ``train_set`` (``iters``, ``lr``, ``batch_size``);
+    returns the history (with val mIoU every ``eval_every`` steps and at the end if ``val_set``)."""
+    eval_fn = None
+    if val_set is not None:
+        eval_fn = lambda eng: {"miou": evaluate(eng.modules["model"], val_set, batch_size=cfg["eval_batch_size"],  # noqa: E731
+                                                 amp=cfg["amp"]).miou}
+    eng = _engine(cfg, model, _seg_step, {"train": train_set}, int(cfg["iters"]), cfg["batch_size"], cfg["lr"], seed, desc,
+                  eval_fn=eval_fn, eval_every=eval_every)
+    return eng.run()
+
+
+def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: int, datasets: Mapping[str, Any],
+                     eval_every: int = 0, verbose: bool = False, **overrides) -> tuple[UNet, dict]:
+    """The cached fine-tuned model for ``(init, fraction, seed)`` (+ pretraining ``overrides``);
+    returns ``(model, meta)``; ``meta["miou"]`` is the target-val mIoU, ``meta["history"]`` the
+    training history, ``meta["n_labeled"]`` the number of labeled images."""
+    tgt, val = datasets["target_train"], datasets["target_val"]
+    idx = label_subset(len(tgt), fraction, seed)
+    train_set = RepeatTo(tgt, idx, cfg["batch_size"])
+    model, init_key = init_model(cfg, init, tgt.num_classes, seed, datasets, verbose, **overrides)
+    key = {"init": init, "init_key": init_key, "fraction": float(fraction), "n_labeled": len(idx),
+           "data": getattr(tgt, "fingerprint", None), "val": getattr(val, "fingerprint", None),
+           "iters": cfg["iters"], "lr": cfg["lr"], "batch_size": cfg["batch_size"], "optimizer": cfg["optimizer"],
+           "head_lr_mult": cfg["head_lr_mult"], "eval_every": eval_every, "seed": seed}
+
+    def run():
+        hist = finetune(cfg, model, train_set, val, seed, eval_every,
+                        desc=f"fine-tune {init} {100 * fraction:g}% seed {seed}")
+        return {"model": model.state_dict()}, {"history": hist.to_dict(), "miou": hist.val[-1]["miou"],
+                                               "n_labeled": len(idx)}
+
+    state, meta = load_or_train("ddep_finetune", key, run, cfg.get("cache_dir"), verbose=verbose)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def denoise_images(model: UNet, images: torch.Tensor, sigma: float, target: str = "noise", scaled: bool = True,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Run a denoising-pretrained model on ``images`` [B,3,H,W] in [0, 1] at noise ``sigma``.
+
+    Returns [0, 1]-scale tensors ``noisy``, ``denoised`` (the clean image implied by the
+    prediction) and the raw ``pred`` and true ``eps`` (noise scale), plus the mse of both.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    x = losses.to_signed(images.to(dev).float())
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x.shape, generator=g).to(dev)
+    x_noisy, _ = losses.noisy_image(x, sigma, eps, scaled=scaled)
+    pred = model(losses.from_signed(x_noisy))["out"].float()
+    x_hat = losses.denoised_estimate(x_noisy, pred, sigma, target, scaled)
+    return {"noisy": losses.from_signed(x_noisy).clamp(0, 1), "denoised": losses.from_signed(x_hat).clamp(0, 1),
+            "pred": pred, "eps": eps, "mse_noisy": float(((x_noisy - x) ** 2).mean()),
+            "mse_denoised": float(((x_hat - x) ** 2).mean())}
+
+
+# ----------------------------------------------------------------------------------
+# `kit train ddep`
+# ----------------------------------------------------------------------------------
+def train(cfg: Mapping[str, Any]) -> Path | None:
+    """The DDeP pipeline for the first seed: supervised encoder -> decoder denoising pretraining
+    -> fine-tuning on ``cfg["fraction"]`` of the target labels; saves ``<run_dir>/ddep.pt``."""
+    from .. import distributed
+    from ..cache import save_checkpoint
+    from . import train_output_path
+
+    ds = make_da_datasets(cfg)
+    seed = int(cfg["seeds"][0])
+    model, meta = load_or_finetune(cfg, "ddep", float(cfg["fraction"]), seed, ds, verbose=True)
+    path = train_output_path(cfg, "ddep")
+    if distributed.is_main():
+        save_checkpoint(path, {"model": model.state_dict()},
+                        {"method": "ddep", "seed": seed, "fraction": cfg["fraction"], "miou": meta.get("miou"),
+                         "n_labeled": meta.get("n_labeled"), "config": dict(cfg), "history": meta.get("history")})
+    distributed.barrier()
+    return path if distributed.is_main() else None
