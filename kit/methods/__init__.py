@@ -111,3 +111,7 @@ def train_oracle(cfg: Mapping[str, Any]) -> Path | None:
 register("supervised", train_source_only)
 register("oracle", train_oracle, config="supervised")
 register("adaptseg", "kit.methods.adaptseg:train", config="adaptseg")
+register("cdcl", "kit.methods.cdcl:train", config="cdcl")
+register("ripu", "kit.methods.ripu:train", config="ripu")
+register("ddep", "kit.methods.ddep:train", config="ddep")
+register("das3", "kit.methods.das3:train", config="das3")
