@@ -269,9 +269,11 @@ def negative_pseudo_label_loss(logits: torch.Tensor, neg_mask: torch.Tensor, eps
         raise ValueError(f"neg_mask must be bool [B,C,H,W] with B,C = {tuple(logits.shape[:2])}, got "
                          f"{neg_mask.dtype} {tuple(neg_mask.shape)}")
     prob = F.softmax(upsample(logits.float(), neg_mask.shape[-2:]), 1)
-    if not bool(neg_mask.any()):
+    n = neg_mask.sum()
+    if not bool(n > 0):
         return prob.sum() * 0.0
-    return -torch.log((1.0 - prob[neg_mask]).clamp_min(eps)).mean()
+    # a dense masked sum: several times faster than gathering prob[neg_mask] (and its backward)
+    return -(torch.log((1.0 - prob).clamp_min(eps)) * neg_mask).sum() / n
 
 
 def classwise_thresholds(confidence: torch.Tensor, pred: torch.Tensor, num_classes: int,
