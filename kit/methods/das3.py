@@ -50,7 +50,7 @@ from .supervised import build_model, load_or_train_baseline, make_model_optimize
 
 __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
            "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate", "adapt",
-           "STAGE_FIELDS", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
+           "STAGE_NAMES", "STAGE_FIELDS", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
 
 # ----------------------------------------------------------------------------------
 # Config fields (kit.config): the stages' own iteration counts and learning rate, so that
@@ -88,7 +88,7 @@ register_method("das3", {
               "stage2_lr": 2.5e-4, "stage3_lr": 2.5e-4, "scan_pixels": 16384},
 })
 
-STAGE_NAMES = {1: "alignment", 2: "self-training", 3: "propagation"}
+STAGE_NAMES = {1: "alignment", 2: "self-training", 3: "propagation"}  #: for labels and logs
 
 #: the config fields that define each stage (with the shared optimisation fields)
 _OPT_FIELDS = ("optimizer", "head_lr_mult", "momentum", "weight_decay", "poly_power", "batch_size",
@@ -403,7 +403,7 @@ def stage2_self_train(model: nn.Module, target: Dataset, cfg: Mapping[str, Any],
     ``CE(p, y_pos) + neg_weight * mean_{(i,c): q_ic < neg_threshold} -log(1 - p_ic)``
     where ``q`` are the labeller's probabilities and ``y_pos`` its confident argmax.
     """
-    num_classes = _num_classes(model)
+    _num_classes(model)  # a segmenter with num_classes, or a clear error
     device = resolve_device(cfg["device"])
     labeller = _to(make_teacher(model), device, cfg)
     items = None
@@ -452,7 +452,7 @@ def stage3_propagate(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], 
     the thresholds of stage 2's rule); half of each easy image's classes are pasted onto a
     hard image (ClassMix); the student minimizes ``CE(easy) + mix_weight * CE(mixed)``.
     """
-    num_classes = _num_classes(model)
+    _num_classes(model)  # a segmenter with num_classes, or a clear error
     device = resolve_device(cfg["device"])
     teacher = _to(make_teacher(model), device, cfg)
     scan = scan_target(teacher, target, None, cfg["eval_batch_size"], cfg["scan_pixels"], cfg["amp"], seed)
