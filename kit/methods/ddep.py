@@ -46,6 +46,7 @@ from ..config import register_method
 from ..data import make_da_datasets
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import UNet, UNetFullRes
+from .supervised import supervised_step
 
 __all__ = ["INITS", "MODEL_KEYS", "PRETRAIN_KEYS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
            "label_fraction_sets", "denoising_step", "pretrain_denoising", "train_supervised_encoder",
@@ -278,24 +279,12 @@ def pretrain_denoising(cfg: Mapping[str, Any], unlabeled: Dataset, seed: int = 0
     return model, history
 
 
-def _seg_step(batch, engine):
-    model, opt = engine.modules["model"], engine.optimizers["model"]
-    x, y = batch["train"]
-    opt.zero_grad(set_to_none=True)
-    with engine.autocast():
-        out = model(x)["out"]
-    loss = losses.seg_loss(out, y)
-    loss.backward()
-    opt.step()
-    return {"seg": loss.detach()}
-
-
 def train_supervised_encoder(cfg: Mapping[str, Any], labeled: Dataset, seed: int = 0) -> tuple[UNet, Any]:
     """The supervised-pretraining stand-in: the U-Net trained with cross-entropy on ``labeled``
     (another domain's labeled images) for ``supervised_iters``; its encoder is what counts."""
     seed_everything(seed)
     model = build_unet(cfg, labeled.num_classes)
-    eng = _engine(cfg, model, _seg_step, {"train": labeled}, int(cfg["supervised_iters"]), cfg["batch_size"], cfg["lr"], seed,
+    eng = _engine(cfg, model, supervised_step, {"train": labeled}, int(cfg["supervised_iters"]), cfg["batch_size"], cfg["lr"], seed,
                   desc=f"supervised encoder seed {seed}")
     history = eng.run()
     return model, history
@@ -394,7 +383,7 @@ def finetune(cfg: Mapping[str, Any], model: UNet, train_set: Dataset, val_set: D
     if val_set is not None:
         eval_fn = lambda eng: {"miou": evaluate(eng.modules["model"], val_set, batch_size=cfg["eval_batch_size"],  # noqa: E731
                                                  amp=cfg["amp"]).miou}
-    eng = _engine(cfg, model, _seg_step, {"train": train_set}, int(cfg["iters"]), cfg["batch_size"], cfg["lr"], seed, desc,
+    eng = _engine(cfg, model, supervised_step, {"train": train_set}, int(cfg["iters"]), cfg["batch_size"], cfg["lr"], seed, desc,
                   eval_fn=eval_fn, eval_every=eval_every)
     return eng.run()
 
