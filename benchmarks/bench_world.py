@@ -5,7 +5,7 @@ Prints (and with ``--json`` writes) images/s of :func:`kit.data.world.render` at
 quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
 profile's bf16 autocast + channels_last and without), and their ratio.
 
-Run: ``python benchmarks/bench_world.py [--reps 5] [--json out.json]``.
+Run: ``python benchmarks/bench_world.py [--reps 5] [--json out.json] [--device cuda]``.
 Numbers depend on the machine and on what else runs on it: benchmark on a quiet machine.
 """
 from __future__ import annotations
@@ -40,19 +40,19 @@ def time_render(domain: str, size: tuple[int, int], batch: int, reps: int, devic
     return batch / statistics.median(times)
 
 
-def time_train(amp: str, channels_last: bool, reps: int) -> float:
-    cfg = resolve("quick", amp=amp, channels_last=channels_last)
+def time_train(amp: str, channels_last: bool, reps: int, device: str = "cpu") -> float:
+    cfg = resolve("quick", amp=amp, channels_last=channels_last, device=device)
     torch.manual_seed(0)
-    model = build_model(cfg, 11)
+    dev = torch.device(device)
+    model = build_model(cfg, 11).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_model_optimizer(cfg, model)
     bs = cfg.batch_size
-    x = torch.rand(bs, 3, *cfg.size)
+    x = torch.rand(bs, 3, *cfg.size, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 11, (bs, *cfg.size))
-    dev = torch.device("cpu")
+    y = torch.randint(0, 11, (bs, *cfg.size), device=dev)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -61,14 +61,20 @@ def time_train(amp: str, channels_last: bool, reps: int) -> float:
         loss.backward()
         opt.step()
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     for _ in range(3):
         step()
     n = 10
     times = []
     for _ in range(reps):
+        sync()
         t = time.perf_counter()
         for _ in range(n):
             step()
+        sync()
         times.append((time.perf_counter() - t) / n)
     return bs / statistics.median(times)
 
@@ -77,17 +83,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cpu", help="where to render and train: cpu (default) or cuda")
     args = ap.parse_args()
-    res = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-           "render": [], "train": []}
+    where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+             else f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+    res = {"machine": f"{where}, torch {torch.__version__}", "device": args.device, "render": [], "train": []}
     for size, batch in (((64, 128), 256), ((256, 512), 32), ((512, 1024), 8)):
         for domain in ("synthetic", "real"):
-            ips = time_render(domain, size, batch, args.reps)
+            ips = time_render(domain, size, batch, args.reps, args.device)
             res["render"].append({"size": f"{size[0]}x{size[1]}", "domain": domain, "batch": batch,
                                   "images_per_s": round(ips, 1)})
             print(f"render {domain:9s} {size[0]:4d}x{size[1]:<5d} batch {batch:3d}: {ips:8.1f} images/s", flush=True)
     for amp, cl in (("off", False), ("bf16", True)):
-        ips = time_train(amp, cl, args.reps)
+        ips = time_train(amp, cl, args.reps, args.device)
         res["train"].append({"amp": amp, "channels_last": cl, "images_per_s": round(ips, 1),
                              "steps_per_s": round(ips / 8, 2)})
         print(f"train quick profile amp={amp:4s} channels_last={cl!s:5s}: {ips:7.1f} images/s "
