@@ -1,11 +1,14 @@
 """Renderer throughput vs quick-profile training throughput.
 
-Prints (and with ``--json`` writes) images/s of :func:`kit.data.world.render` at
-64x128, 256x512 and 512x1024 for the source and target domains, the images/s the
-quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
-profile's bf16 autocast + channels_last and without), and their ratio.
+Prints (and with ``--json`` writes) images/s of the toy-world renderer at 64x128,
+256x512 and 512x1024 for the source and target domains -- both the path the datasets
+use (:func:`kit.data.world.render_uint8`, a :class:`~kit.data.world.ToyWorld` chunk at a
+time) and :func:`kit.data.world.render` (float images, int64 labels) -- the images/s
+the quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
+profile's bf16 autocast + channels_last and without), and their ratio at 64x128.
+Each timing is the median of ``--reps`` repetitions.
 
-Run: ``python benchmarks/bench_world.py [--reps 5] [--json out.json] [--device cuda]``.
+Run: ``python benchmarks/bench_world.py [--reps 9] [--json out.json] [--device cuda]``.
 Numbers depend on the machine and on what else runs on it: benchmark on a quiet machine.
 """
 from __future__ import annotations
@@ -20,20 +23,21 @@ import torch
 
 from kit import losses
 from kit.config import resolve
-from kit.data.world import render
+from kit.data.world import ToyWorld, render, render_uint8
 from kit.engine import autocast
 from kit.methods.supervised import build_model, make_model_optimizer
 
 
-def time_render(domain: str, size: tuple[int, int], batch: int, reps: int, device: str = "cpu") -> float:
+def time_render(domain: str, size: tuple[int, int], batch: int, reps: int, device: str = "cpu",
+                fn=render_uint8) -> float:
     idx = torch.arange(batch, device=device)
-    render(domain, idx, size)          # warm-up
+    fn(domain, idx, size)          # warm-up
     times = []
     for r in range(reps):
         if device != "cpu":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        render(domain, idx + (r + 1) * batch, size)
+        fn(domain, idx + (r + 1) * batch, size)
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -81,29 +85,32 @@ def time_train(amp: str, channels_last: bool, reps: int, device: str = "cpu") ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cpu", help="where to render and train: cpu (default) or cuda")
     args = ap.parse_args()
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
              else f"{platform.machine()}, {torch.get_num_threads()} torch threads")
     res = {"machine": f"{where}, torch {torch.__version__}", "device": args.device, "render": [], "train": []}
-    for size, batch in (((64, 128), 256), ((256, 512), 32), ((512, 1024), 8)):
-        for domain in ("synthetic", "real"):
-            ips = time_render(domain, size, batch, args.reps, args.device)
-            res["render"].append({"size": f"{size[0]}x{size[1]}", "domain": domain, "batch": batch,
-                                  "images_per_s": round(ips, 1)})
-            print(f"render {domain:9s} {size[0]:4d}x{size[1]:<5d} batch {batch:3d}: {ips:8.1f} images/s", flush=True)
+    for size, batch in (((64, 128), ToyWorld.CHUNK), ((256, 512), 32), ((512, 1024), 8)):
+        for fn in (render_uint8, render):
+            for domain in ("synthetic", "real"):
+                ips = time_render(domain, size, batch, args.reps, args.device, fn)
+                res["render"].append({"size": f"{size[0]}x{size[1]}", "function": fn.__name__, "domain": domain,
+                                      "batch": batch, "images_per_s": round(ips, 1)})
+                print(f"{fn.__name__:12s} {domain:9s} {size[0]:4d}x{size[1]:<5d} batch {batch:3d}: "
+                      f"{ips:8.1f} images/s", flush=True)
     for amp, cl in (("off", False), ("bf16", True)):
         ips = time_train(amp, cl, args.reps, args.device)
         res["train"].append({"amp": amp, "channels_last": cl, "images_per_s": round(ips, 1),
                              "steps_per_s": round(ips / 8, 2)})
         print(f"train quick profile amp={amp:4s} channels_last={cl!s:5s}: {ips:7.1f} images/s "
               f"({ips / 8:.2f} steps/s)", flush=True)
-    r64 = min(r["images_per_s"] for r in res["render"] if r["size"] == "64x128")
     t64 = max(r["images_per_s"] for r in res["train"])
-    res["ratio_render_over_train"] = round(r64 / t64, 1)
-    print(f"renderer / training consumption at 64x128: {r64 / t64:.1f}x")
+    for fn in ("render_uint8", "render"):
+        r64 = min(r["images_per_s"] for r in res["render"] if r["size"] == "64x128" and r["function"] == fn)
+        res["ratio_render_over_train" if fn == "render" else f"ratio_{fn}_over_train"] = round(r64 / t64, 1)
+        print(f"{fn} (slower domain) / fastest training consumption at 64x128: {r64 / t64:.1f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

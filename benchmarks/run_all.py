@@ -48,15 +48,17 @@ def main() -> int:
         "",
         "## Toy-world renderer vs quick-profile training",
         "",
-        "| size | domain | batch | images/s |", "|---|---|---|---|",
-        *[f"| {r['size']} | {r['domain']} | {r['batch']} | {r['images_per_s']:.0f} |" for r in world["render"]],
+        "| size | function | domain | batch | images/s |", "|---|---|---|---|---|",
+        *[f"| {r['size']} | {r['function']} | {r['domain']} | {r['batch']} | {r['images_per_s']:.0f} |"
+          for r in world["render"]],
         "",
         "| quick-profile training step (DeepLab-v2, ResNet-18 layout width 16, batch 8, 64x128) | images/s | steps/s |",
         "|---|---|---|",
         *[f"| amp={r['amp']}, channels_last={r['channels_last']} | {r['images_per_s']:.0f} | {r['steps_per_s']:.2f} |"
           for r in world["train"]],
         "",
-        f"Renderer / training consumption at 64x128: **{world['ratio_render_over_train']}x**.",
+        f"Renderer (slower domain) / training consumption at 64x128: **{world['ratio_render_uint8_over_train']}x** "
+        f"for the datasets' path (`render_uint8`), {world['ratio_render_over_train']}x for `render`.",
         "",
         "## Label reading and mapping (real-dataset readers)",
         "",

@@ -33,7 +33,7 @@ from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 __all__ = [
     "WORLD_CLASSES", "LARGE_CLASSES", "SMALL_CLASSES", "DomainSpec", "DOMAINS",
-    "get_domain", "class_index", "hash_uniform", "render", "ToyWorld", "world_pair",
+    "get_domain", "class_index", "hash_uniform", "render", "render_uint8", "ToyWorld", "world_pair",
 ]
 
 # ----------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ _CITY_C = replace(
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 #: bump when the rendering code changes what an index renders to (invalidates cached models)
-RENDER_VERSION = 4
+RENDER_VERSION = 5
 
 
 def get_domain(domain: str | DomainSpec) -> DomainSpec:
@@ -249,69 +249,147 @@ def get_domain(domain: str | DomainSpec) -> DomainSpec:
 _MAX = {"car": 8, "person": 6, "pole": 6, "sign": 6, "tree": 6, "bicycle": 4}
 _SHAPE_RECT, _SHAPE_ELLIPSE, _SHAPE_RING = 0, 1, 2
 
+# A scene is first drawn as a map of *slots*: what each pixel shows, before the camera.
+# Slots 0-4 are sky, terrain, sidewalk, road and the road's dashed centre line (the
+# ground bands are nested, so a ground pixel's slot is the number of bands it lies in);
+# then two slots (wall, window) for each of the facades, which sit side by side
+# (_FACADES per side of the street); then one slot per object shape, in depth order, so
+# that the nearest shape covering a pixel is simply the largest slot there. Each image
+# has a small table of colours, classes and texture amplitudes per slot; pixels gather
+# from it.
+_FACADES = 13
+_SLOT_DASH, _SLOT_FACADE = 4, 5
+_N_BG = _SLOT_FACADE + 2 * 2 * _FACADES
+_BG_CLASSES = (SKY, TERRAIN, SIDEWALK, ROAD, ROAD) + (BUILDING,) * (_N_BG - _SLOT_FACADE)
+#: texture amplitude of each world class, relative to the domain's ``texture``
+_TEXTURE_GAIN = tuple({SKY: 0.3, VEG: 1.6, ROAD: 0.8}.get(c, 1.0) for c in range(len(WORLD_CLASSES)))
+
 
 class _Rand:
-    """Per-image uniform numbers, addressed by named slots."""
+    """Per-image uniform numbers, addressed by consecutive slots (hashed in blocks)."""
+
+    BLOCK = 256
 
     def __init__(self, seed: int, split: int, index: torch.Tensor):
         self.seed, self.split, self.index = seed, split, index
         self._next = 0
+        self._u = torch.empty(index.shape[0], 0, device=index.device)
 
     def __call__(self, n: int | None = None) -> torch.Tensor:
         """[B] (n is None) or [B, n] uniforms; each call gets fresh slots."""
-        k = 1 if n is None else n
-        slots = torch.arange(self._next, self._next + k, device=self.index.device)
-        self._next += k
-        u = hash_uniform(self.seed, self.split, self.index[:, None], slots[None, :])
-        return u[:, 0] if n is None else u
+        lo, hi = self._next, self._next + (1 if n is None else n)
+        have = self._u.shape[1]
+        if hi > have:
+            slots = torch.arange(have, max(hi, have + self.BLOCK), device=self.index.device)
+            more = hash_uniform(self.seed, self.split, self.index[:, None], slots[None, :])
+            self._u = torch.cat([self._u, more], dim=1)
+        self._next = hi
+        return self._u[:, lo] if n is None else self._u[:, lo:hi]
 
 
 def _lerp(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
     return lo + (hi - lo) * u
 
 
-def _value_noise(seed: int, index: torch.Tensor, salt: int, cells: tuple[int, int],
-                 size: tuple[int, int]) -> torch.Tensor:
-    """Smooth noise in [-1, 1]: a hashed grid of ``cells`` upsampled to ``size``. [B,1,H,W]"""
-    gh, gw = cells
-    dev = index.device
-    yy = torch.arange(gh + 1, device=dev)[:, None]
-    xx = torch.arange(gw + 1, device=dev)[None, :]
-    g = hash_uniform(seed, salt, index[:, None, None], yy[None] * 4099 + xx[None])
-    g = g[:, None] * 2 - 1
-    return F.interpolate(g, size=size, mode="bilinear", align_corners=True)
+_TEXTURES: dict[tuple, torch.Tensor] = {}
 
 
-_TILES: dict[str, torch.Tensor] = {}
+def _texture_tile(seed: int, device: torch.device, H: int, W: int) -> torch.Tensor:
+    """Smooth value noise in [-1, 1] on a [2H, 2W] tile: the mean of a coarse grid (a cell is
+    H/6 x W/12 pixels) and a fine one (H/24 x W/48), hashed from ``seed`` and upsampled
+    bilinearly. Images read H x W crops of it at per-image offsets."""
+    key = (seed, str(device), H, W)
+    if key not in _TEXTURES:
+        def grid(salt, gh, gw):
+            yy = torch.arange(gh + 1, device=device)[:, None]
+            xx = torch.arange(gw + 1, device=device)[None, :]
+            return (hash_uniform(seed, salt, yy * 4099 + xx) * 2 - 1)[None, None]
+
+        fine = grid(2, 48, 96)
+        coarse = F.interpolate(grid(1, 12, 24), size=fine.shape[-2:], mode="bilinear", align_corners=True)
+        tile = F.interpolate((coarse + fine) * 0.5, size=(2 * H, 2 * W), mode="bilinear", align_corners=True)
+        if len(_TEXTURES) >= 16:
+            _TEXTURES.pop(next(iter(_TEXTURES)))
+        _TEXTURES[key] = tile[0, 0]
+    return _TEXTURES[key]
 
 
-def _noise_tile(device: torch.device) -> torch.Tensor:
-    """A [3,T,T] tile of zero-mean, unit-variance noise (triangular distribution), T = 509."""
-    key = str(device)
+_TILES: dict[tuple[str, int, int], torch.Tensor] = {}
+
+
+def _noise_tile(device: torch.device, H: int, W: int) -> torch.Tensor:
+    """Zero-mean, unit-variance noise (triangular distribution) on a periodic T x T tile,
+    T = 509, as [3, T+H, T+W] so that any H x W window at an offset below T is a slice."""
+    key = (str(device), H, W)
     if key not in _TILES:
         T = 509
         k = torch.arange(3 * T * T, device=device).view(3, T, T)
         u = hash_uniform(7919, k) + hash_uniform(104729, k) - 1.0
-        _TILES[key] = u * math.sqrt(6.0)    # var(u1 + u2 - 1) = 1/6
+        tile = u * math.sqrt(6.0)                                # var(u1 + u2 - 1) = 1/6
+        reps = (1, -(-(T + H) // T), -(-(T + W) // T))
+        if len(_TILES) >= 4:
+            _TILES.pop(next(iter(_TILES)))
+        _TILES[key] = tile.repeat(*reps)[:, :T + H, :T + W].contiguous()
     return _TILES[key]
 
 
 def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma < 0.3:
+    """Separable Gaussian blur of images [B,C,H,W] along H and W.
+
+    Kernels that keep more than 99% of each pixel (sigma below about 0.33 px) are skipped.
+
+    Zero-padded and renormalised by the weight that fell inside the image, so borders keep
+    their brightness (a normalised convolution). Written as shifted in-place adds, which on
+    CPU is many times faster than a depthwise convolution with these small kernels.
+    """
+    if sigma <= 0:
         return img
     r = max(1, int(math.ceil(2.5 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    B, c, H, W = img.shape
-    # separable, zero-padded, then renormalised by the blurred all-ones image, so borders
-    # keep their brightness (a normalised convolution; cheaper than replicate padding)
-    kx, ky = k.view(1, 1, 1, -1), k.view(1, 1, -1, 1)
-    out = F.conv2d(img, kx.expand(c, 1, 1, -1), padding=(0, r), groups=c)
-    out = F.conv2d(out, ky.expand(c, 1, -1, 1), padding=(r, 0), groups=c)
-    ones = torch.ones(1, 1, H, W, dtype=img.dtype, device=img.device)
-    norm = F.conv2d(F.conv2d(ones, kx, padding=(0, r)), ky, padding=(r, 0))
-    return out / norm
+    k = [math.exp(-0.5 * (d / sigma) ** 2) for d in range(-r, r + 1)]
+    s = sum(k)
+    k = [v / s for v in k]
+    if k[r] > 0.99:     # keeps over 99% of every pixel: below what the eye or uint8 storage sees
+        return img
+    for dim in (2, 3):
+        n = img.shape[dim]
+        out = img * k[r]
+        for j in range(1, min(r, n - 1) + 1):
+            out.narrow(dim, j, n - j).add_(img.narrow(dim, 0, n - j), alpha=k[r - j])
+            out.narrow(dim, 0, n - j).add_(img.narrow(dim, j, n - j), alpha=k[r + j])
+        norm = [sum(k[r + d] for d in range(-r, r + 1) if 0 <= i + d < n) for i in range(n)]
+        shape = [1, 1, 1, 1]
+        if n > 2 * r:   # only the first and last r positions lost weight
+            shape[dim] = r
+            lo = torch.tensor([1 / v for v in norm[:r]], dtype=img.dtype, device=img.device).view(shape)
+            hi = torch.tensor([1 / v for v in norm[n - r:]], dtype=img.dtype, device=img.device).view(shape)
+            out.narrow(dim, 0, r).mul_(lo)
+            out.narrow(dim, n - r, r).mul_(hi)
+        else:
+            shape[dim] = n
+            out.mul_(torch.tensor([1 / v for v in norm], dtype=img.dtype, device=img.device).view(shape))
+        img = out
+    return img
+
+
+def _check_render_args(domain, index, size, split, device):
+    spec = get_domain(domain)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    try:
+        H, W = (int(size[0]), int(size[1]))
+    except (TypeError, IndexError, ValueError):
+        raise ValueError(f"size must be (H, W) integers, got {size!r}") from None
+    if H < 16 or W < 16:
+        raise ValueError(f"size must be at least 16x16, got {H}x{W}")
+    if isinstance(index, torch.Tensor):
+        dev = torch.device(device) if device is not None else index.device
+        idx = index.to(dev, torch.int64).reshape(-1)
+    else:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        idx = torch.as_tensor([index] if isinstance(index, int) else list(index), dtype=torch.int64, device=dev)
+    if idx.numel() and int(idx.min()) < 0:
+        raise ValueError("image indices must be >= 0")
+    return spec, SPLITS[split], idx, H, W
 
 
 @torch.no_grad()
@@ -331,31 +409,64 @@ def render(domain: str | DomainSpec, index: torch.Tensor | Sequence[int] | int, 
         ``images`` float32 [B,3,H,W] in [0,1] and ``labels`` int64 [B,H,W] in the
         domain's label space (255 = ignore).
     """
-    spec = get_domain(domain)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-    try:
-        H, W = (int(size[0]), int(size[1]))
-    except (TypeError, IndexError, ValueError):
-        raise ValueError(f"size must be (H, W) integers, got {size!r}") from None
-    if H < 16 or W < 16:
-        raise ValueError(f"size must be at least 16x16, got {H}x{W}")
-    if isinstance(index, torch.Tensor):
-        dev = torch.device(device) if device is not None else index.device
-        idx = index.to(dev, torch.int64).reshape(-1)
-    else:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        idx = torch.as_tensor([index] if isinstance(index, int) else list(index), dtype=torch.int64, device=dev)
-    if idx.numel() and int(idx.min()) < 0:
-        raise ValueError("image indices must be >= 0")
-    world_label, colors = _render_world(spec, SPLITS[split], idx, H, W)
-    image = _appearance(spec, SPLITS[split], idx, world_label, colors, H, W)
-    label = spec.label_lut().to(dev)[world_label]
+    spec, split_id, idx, H, W = _check_render_args(domain, index, size, split, device)
+    return _render_chunked(spec, split_id, idx, H, W, quantize=False)
+
+
+@torch.no_grad()
+def render_uint8(domain: str | DomainSpec, index: torch.Tensor | Sequence[int] | int,
+                 size: tuple[int, int] = (64, 128), split: str = "train",
+                 device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render` quantized for storage: ``images`` uint8 [B,3,H,W] (``round(255 x)``) and
+    ``labels`` uint8 [B,H,W]. What :class:`ToyWorld` keeps in memory."""
+    spec, split_id, idx, H, W = _check_render_args(domain, index, size, split, device)
+    return _render_chunked(spec, split_id, idx, H, W, quantize=True)
+
+
+#: images per internal batch on CPU: about 2^20 pixels, so that the working set stays in cache
+_CHUNK_PIXELS = 1 << 20
+
+
+def _render_chunked(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, quantize: bool):
+    B = idx.shape[0]
+    dev = idx.device
+    images = torch.empty(B, 3, H, W, dtype=torch.uint8 if quantize else torch.float32, device=dev)
+    labels = torch.empty(B, H, W, dtype=torch.uint8 if quantize else torch.int64, device=dev)
+    step = max(B, 1) if dev.type != "cpu" else max(1, _CHUNK_PIXELS // (H * W))
+    for lo in range(0, B, step):
+        img, lab = _render(spec, split, idx[lo:lo + step], H, W, labels.dtype)
+        if quantize:
+            img = img.mul_(255).round_()
+        images[lo:lo + step] = img.permute(1, 0, 2, 3)
+        labels[lo:lo + step] = lab
+    return images, labels
+
+
+def _render(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, label_dtype: torch.dtype):
+    """Images as float [3,B,H,W] (channel-major) in [0, 1] and labels [B,H,W] of ``label_dtype``."""
+    B = idx.shape[0]
+    slot, colors, classes = _scene(spec, split, idx, H, W)
+    cam = _camera(spec, split, idx)
+    S = colors.shape[1]
+    # one flat index into the per-image slot tables serves colours, texture and labels
+    dev = idx.device
+    flat = (slot.to(torch.int32) + (torch.arange(B, dtype=torch.int32, device=dev) * S).view(B, 1, 1)).view(-1)
+    colors = torch.bmm(colors, cam["color"])                   # gain, colour cast and saturation
+    planes = colors.permute(2, 0, 1).reshape(3, -1)             # [3, B * S]
+    rgb = torch.empty(3, B, H, W, device=dev)                   # channel-major while it is worked on
+    for c in range(3):
+        torch.index_select(planes[c], 0, flat, out=rgb[c].view(-1))
+    gain = torch.tensor(_TEXTURE_GAIN, device=idx.device)[classes] * spec.texture          # [B,S]
+    amp = torch.index_select(gain.reshape(-1), 0, flat).view(B, H, W)
+    image = _appearance(spec, idx, cam, rgb, amp, H, W)
+    lut = spec.label_lut().to(idx.device, label_dtype)[classes]                               # [B,S]
+    label = torch.index_select(lut.reshape(-1), 0, flat).view(B, H, W)
     return image, label
 
 
-def _render_world(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int):
-    """Scene geometry -> world labels [B,H,W] and per-pixel base colours [B,3,H,W]."""
+def _scene(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int):
+    """Scene geometry: the slot map [B,H,W] (uint8) and per-image slot tables of base colour
+    [B,S,3] and world class [B,S]."""
     dev = idx.device
     B = idx.shape[0]
     R = _Rand(spec.seed, split, idx)
@@ -376,51 +487,70 @@ def _render_world(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: in
     gap = _lerp(0.02, 0.08, R())
     seg_w = _lerp(0.05, 0.12, R())
 
-    t = ((ys - col(yh)) / (1 - col(yh))).clamp(min=0)                 # ground depth in (0, 1]
-    center = col(xv) + col(curve) * (1 - t) ** 2                       # street centre at each row
-    dx = xs - center
-    adx = dx.abs()
-    rw = col(road_w) * t                                               # road half width
+    # per row: ground depth t in (0, 1], the street centre and the band half-widths; rows
+    # above the horizon get negative widths, so no pixel there falls inside a band
+    t = ((ys - col(yh)) / (1 - col(yh))).clamp(min=0)                  # [B,H,1]
+    center = col(xv) + col(curve) * (1 - t) ** 2
     below = ys > col(yh)
+    rw = torch.where(below, col(road_w) * t, -1.0)                     # road half width
+    walk = torch.where(below, rw * (1 + col(side_w)), -1.0)
+    terr = rw * (1 + col(side_w) + col(terr_w))
+    terr_left = torch.where(below, torch.where(col(terr_l), terr, walk), -1.0)
+    terr_right = torch.where(below, torch.where(col(terr_r), terr, walk), -1.0)
+    dashed = below & (torch.sin(2 * math.pi * 2.0 / (t + 0.05)) > 0)
+    dash = torch.where(dashed, 0.012 * t, -1.0)
+    # per column: facades with piecewise-constant heights, taller towards the image edges
+    ax_v = (xs - col(xv)).abs()                                         # [B,1,W]
+    seg = torch.floor(ax_v / col(seg_w)).to(torch.int64).clamp(max=_FACADES - 1)
+    facade = seg * 2 + (xs > col(xv)).to(torch.int64)                  # which facade, [B,1,W]
+    hseg = hash_uniform(spec.seed, split, col(idx), facade)
+    y_top = col(yh) - (0.12 + 1.5 * ax_v) * (0.25 + 0.75 * hseg)
+    y_top = torch.where(ax_v < col(gap), col(yh), y_top)
 
-    label = torch.full((B, H, W), SKY, dtype=torch.int64, device=dev)
-    # facades: piecewise-constant heights along x, taller towards the image edges
-    seg = torch.floor((xs - col(xv)).abs() / col(seg_w)).to(torch.int64)
-    side = (xs > col(xv)).to(torch.int64)
-    hseg = hash_uniform(spec.seed, split, col(idx), seg * 2 + side)    # [B,1,W]
-    y_top = col(yh) - (0.12 + 1.5 * (xs - col(xv)).abs()) * (0.25 + 0.75 * hseg)
-    y_top = torch.where((xs - col(xv)).abs() < col(gap), col(yh), y_top)
-    label = torch.where(ys > y_top, torch.tensor(BUILDING, device=dev), label)
-    # ground strips
-    walk = below & (adx < rw * (1 + col(side_w)))
-    ter_edge = rw * (1 + col(side_w) + col(terr_w))
-    terrain = below & ~walk & (adx < ter_edge) & torch.where(dx < 0, col(terr_l), col(terr_r))
-    label = torch.where(terrain, torch.tensor(TERRAIN, device=dev), label)
-    label = torch.where(walk, torch.tensor(SIDEWALK, device=dev), label)
-    label = torch.where(below & (adx < rw), torch.tensor(ROAD, device=dev), label)
+    # ground bands as runs of columns per row: pixel x lies in a band of half-width w
+    # around c when |(x + 0.5) / W - c| < w. Runs are added up with events and a
+    # cumulative sum: +-16 for the terrain band, +-1 for sidewalk, road and dash.
+    u8 = torch.uint8
+    left = torch.cat([terr_left, walk, rw, dash], dim=2)               # [B,H,4]
+    right = torch.cat([terr_right, walk, rw, dash], dim=2)
+    first = (torch.floor((center - left) * W - 0.5) + 1).clamp(0, W).long()
+    stop = torch.maximum(torch.ceil((center + right) * W - 0.5).clamp(0, W).long(), first)
+    weight = torch.tensor([16, 1, 1, 1], dtype=u8, device=dev).expand(B, H, 4)
+    events = torch.zeros(B, H, W + 1, dtype=u8, device=dev)
+    events.scatter_add_(2, first, weight).scatter_add_(2, stop, weight.neg())    # uint8 wraps: -w = 256 - w
+    bands = events.cumsum(2, dtype=u8)[..., :W]
+    ground = bands >> 4                                                  # 1 inside the terrain band
+    # facade slots: wall or window, below the facade top
+    win_x = (torch.sin(2 * math.pi * (xs - col(xv)) / col(seg_w) * 3) > 0.2).to(u8)
+    floors = 15 + 25 * hash_uniform(spec.seed, split + 11, col(idx))            # window rows per image height
+    win_y = (torch.sin((2 * math.pi) * ys * floors) > 0.1).to(u8)
+    wall = (_SLOT_FACADE + 2 * facade).to(u8)
+    rows = torch.arange(H, device=dev).view(1, H, 1)
+    built = (rows > torch.floor(y_top * H - 0.5)).to(u8)              # (y + 0.5) / H > y_top
+    slot = (1 - ground) * built * (wall + win_y * win_x) + ground * (1 + (bands & 15))
 
-    # --- background colours ----------------------------------------------------------
+    # --- objects, painted over the background in depth order ---------------------------
     pal = torch.tensor(spec.palette, dtype=torch.float32, device=dev)          # [11,3]
     img_jit = (R(3) - 0.5) * 2 * spec.color_jitter                              # [B,3]
-    base = pal[label].permute(0, 3, 1, 2) + img_jit.view(B, 3, 1, 1)            # [B,3,H,W]
-    # each facade its own shade, windows as a darker grid
-    shade = (hash_uniform(spec.seed, split + 7, col(idx), seg * 2 + side) - 0.5) * 0.35
-    fw = 6 + 10 * hseg
-    win = (torch.sin(2 * math.pi * (xs - col(xv)) / col(seg_w) * 3) > 0.2) & \
-          (torch.sin(2 * math.pi * ys * fw * 2.5) > 0.1)
-    is_b = (label == BUILDING).unsqueeze(1)
-    base = torch.where(is_b, base * (1 + shade.unsqueeze(1)) * torch.where(win.unsqueeze(1), 0.6, 1.0), base)
-    # dashed centre line on the road
-    dash = (dx.abs() < 0.012 * t) & (torch.sin(2 * math.pi * 2.0 / (t + 0.05)) > 0) & (label == ROAD)
-    base = torch.where(dash.unsqueeze(1), torch.full_like(base, 0.92), base)
-
-    # --- objects ---------------------------------------------------------------------
     groups = _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev)
-    label, base = _paint(label, base, groups, H, W)
-    return label, base
+    shapes = _shapes(groups)
+    _paint(slot, shapes, H, W)
+
+    # --- slot tables -------------------------------------------------------------------
+    cls, ocol, order = shapes[0], shapes[6], shapes[8]
+    bg = pal[list(_BG_CLASSES)].unsqueeze(0) + img_jit.unsqueeze(1)            # [B,S_bg,3]
+    bg[:, _SLOT_DASH] = 0.92
+    # each facade its own shade; windows darker
+    k = torch.arange(2 * _FACADES, device=dev)
+    shade = 1 + (hash_uniform(spec.seed, split + 7, idx[:, None], k) - 0.5) * 0.35          # [B,2F]
+    shade = torch.stack([shade, shade * 0.6], dim=2).view(B, -1, 1)
+    bg[:, _SLOT_FACADE:] *= shade
+    colors = torch.cat([bg, torch.gather(ocol, 1, order.unsqueeze(-1).expand(-1, -1, 3))], dim=1)
+    classes = torch.cat([torch.tensor(_BG_CLASSES, device=dev).expand(B, -1), torch.gather(cls, 1, order)], dim=1)
+    return slot, colors, classes
 
 
-def _ranks(groups):
+def _shapes(groups):
     """Concatenate shape groups; rank shapes by depth per image (1 = farthest, 0 = absent)."""
     cls, depth, cx, cy, hw, hh, kind, ocol = (torch.cat([g[i] for g in groups], dim=1) for i in range(8))
     present = cx > -5
@@ -432,98 +562,86 @@ def _ranks(groups):
     return cls, cx, cy, hw, hh, kind, ocol, present, order, rank
 
 
-def _resolve(label, base, top, cls, ocol, order):
-    """Per-pixel top rank -> class and colour of the winning shape."""
-    B, H, W = label.shape
-    hit = top > 0
-    # rank r belongs to the shape at sorted position r-1
-    shape_idx = torch.gather(order, 1, (top.to(torch.int64).view(B, -1) - 1).clamp(min=0))   # [B,H*W]
-    ocls = torch.gather(cls, 1, shape_idx).view(B, H, W)
-    label = torch.where(hit, ocls, label)
-    oc = torch.gather(ocol, 1, shape_idx.unsqueeze(-1).expand(-1, -1, 3)).view(B, H, W, 3).permute(0, 3, 1, 2)
-    base = torch.where(hit.unsqueeze(1), oc, base)
-    return label, base
+def _row_extent(kind, ey2, hw):
+    """Per shape and pixel row: the shape covers the pixels with ``hin <= |x - cx| < hout``.
 
-
-def _inside(kind, ax, ey2, hw, only: int | None = None):
-    """Coverage test of shapes, on broadcastable |x - cx| (ax), ((y - cy)/hh)^2 (ey2) and hw.
-
-    ``only``: all shapes are of this kind (computes just that test).
+    ``ey2`` = ((y - cy) / hh)^2 of the row. Rectangles cover ``hw`` on rows with ey2 < 1,
+    ellipses ``hw sqrt(1 - ey2)``; rings are ellipses less an inner ellipse of 0.2 ey2 scale.
     """
-    def rect():
-        return (ax < hw) & (ey2 < 1)
-
-    def ell():
-        return ax.square() < hw.square() * (1 - ey2).clamp(min=0)
-
-    def ring():
-        return ell() & (ax.square() >= hw.square() * (0.2 - ey2).clamp(min=0))
-
-    tests = {_SHAPE_RECT: rect, _SHAPE_ELLIPSE: ell, _SHAPE_RING: ring}
-    if only is not None:
-        return tests[only]()
-    return torch.where(kind == _SHAPE_RECT, rect(), torch.where(kind == _SHAPE_ELLIPSE, ell(), ring()))
+    ell = hw * (1 - ey2).clamp(min=0).sqrt()
+    hout = torch.where(kind == _SHAPE_RECT, torch.where(ey2 < 1, hw, 0.0), ell)
+    hin = torch.where(kind == _SHAPE_RING, hw * (0.2 - ey2).clamp(min=0).sqrt(), 0.0)
+    return hout, hin
 
 
-def _paint_dense(label, base, groups, H, W):
+def _paint_dense(slot, shapes, H, W):
     """Reference painter: every shape tested at every pixel (O(B*N*H*W)); used by the tests."""
-    cls, cx, cy, hw, hh, kind, ocol, present, order, rank = _ranks(groups)
-    dev = label.device
-    ys = ((torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H).view(1, 1, H, 1)
-    xs = ((torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W).view(1, 1, 1, W)
-    ax = (xs - cx[..., None, None]).abs()
-    ey2 = ((ys - cy[..., None, None]) / hh[..., None, None]).square()
-    inside = _inside(kind[..., None, None], ax, ey2, hw[..., None, None]) & present[..., None, None]
-    top = (inside.to(torch.int64) * rank[..., None, None]).amax(dim=1)
-    return _resolve(label, base, top, cls, ocol, order)
+    cls, cx, cy, hw, hh, kind, ocol, present, order, rank = shapes
+    dev = slot.device
+    ys = ((torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H).view(1, 1, H)
+    xs = ((torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W).view(1, 1, W)
+    ax = (xs - cx[..., None]).abs()                                      # [B,N,W]
+    ey2 = ((ys - cy[..., None]) / hh[..., None]).square()                # [B,N,H]
+    hout, hin = _row_extent(kind[..., None], ey2, hw[..., None])
+    inside = (ax[:, :, None, :] < hout[..., None]) & (ax[:, :, None, :] >= hin[..., None])
+    inside &= present[..., None, None]
+    top = (inside.to(torch.uint8) * (rank + _N_BG - 1).to(torch.uint8)[..., None, None]).amax(dim=1)
+    return torch.maximum(slot, top)
 
 
-def _paint(label, base, groups, H, W):
-    """Painter's algorithm, vectorized: the nearest covering shape wins each pixel.
+def _paint(slot, shapes, H, W):
+    """Painter's algorithm, vectorized: the nearest covering shape wins each pixel (in place).
 
-    Shapes are ranked by depth per image. Each group of shapes (one kind of object
-    part) is rasterized only inside a window as large as its largest bounding box,
-    and the ranks are merged into the canvas with a scatter-max; the result equals
-    :func:`_paint_dense` at a fraction of the cost (poles are tall but thin, signs
-    small, ...).
+    Only the rows of each present shape's bounding box are rasterized, each on a run of
+    pixels as wide as the box (rounded up to a power of two, so that runs of similar width
+    share one tensor); the slots are merged into the map with a scatter-max. Equals
+    :func:`_paint_dense` at a small fraction of the cost.
     """
-    cls, cx, cy, hw, hh, kind, ocol, present, order, rank = _ranks(groups)
-    B = cls.shape[0]
-    dev = label.device
-    dump = B * H * W
-    canvas = torch.zeros(dump, dtype=torch.int64, device=dev)
-    bidx = torch.arange(B, device=dev).view(B, 1, 1, 1) * (H * W)
+    _, cx, cy, hw, hh, kind, _, present, _, rank = shapes
+    bi, ni = present.nonzero(as_tuple=True)
+    if bi.numel() == 0:
+        return slot
+    dev = slot.device
+    f = torch.stack([cx, cy, hw, hh], dim=-1)[bi, ni]                            # [M,4]
+    # pixels p whose centre (p + 0.5) / size can lie inside the box, clipped to the image
+    size = f.new_tensor([W, H])
+    lo = torch.floor((f[:, :2] - f[:, 2:]) * size - 0.5).clamp(min=0)
+    hi = torch.minimum(torch.ceil((f[:, :2] + f[:, 2:]) * size - 0.5).clamp(min=0), size - 1)
+    lo = torch.minimum(lo, hi).long()
+    lw = torch.ceil(torch.log2(hi[:, 0] - lo[:, 0] + 1)).long()
+    lw, by_width = torch.sort(lw, stable=True)
+    bi, ni, f, lo, hi = bi[by_width], ni[by_width], f[by_width], lo[by_width], hi[by_width].long()
+    # runs start where a window of the shape's run width fits inside the image
+    xw = torch.minimum(lo[:, 0], W - (1 << lw).clamp(max=W))
+    kh = hi[:, 1] - lo[:, 1] + 1
+    # one entry per (shape, row of its box), grouped by run width
+    shape = torch.repeat_interleave(torch.arange(kh.numel(), device=dev), kh)
+    ry = lo[shape, 1] + torch.arange(shape.numel(), device=dev) - (torch.cumsum(kh, 0) - kh)[shape]
+    g = f[shape]
+    ey2 = (((ry.float() + 0.5) / H - g[:, 1]) / g[:, 3]).square()
+    b_, n_ = bi[shape], ni[shape]
+    hout, hin = _row_extent(kind[b_, n_], ey2, g[:, 2])
+    val = (rank[b_, n_] + _N_BG - 1).to(torch.uint8)
+    row_x = xw[shape]
+    row_base = b_ * (H * W) + ry * W + row_x
+    ring = kind[b_, n_] == _SHAPE_RING
+    widths, n_shapes = torch.unique_consecutive(lw, return_counts=True)
+    n_rows = torch.zeros_like(widths).index_add_(0, torch.repeat_interleave(
+        torch.arange(widths.numel(), device=dev), n_shapes), kh)
+    canvas = slot.view(-1)
+    xs = (torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W                 # pixel centres
     start = 0
-    for g in groups:
-        n = g[0].shape[1]
-        sl = slice(start, start + n)
+    for l, n in zip(widths.tolist(), n_rows.tolist()):
+        r = slice(start, start + n)
         start += n
-        gp = present[:, sl]
-        if not bool(gp.any()):
-            continue
-        gcx, gcy, ghw, ghh = cx[:, sl], cy[:, sl], hw[:, sl], hh[:, sl]
-        # pixels p whose centre (p + 0.5) / size can lie inside the box
-        x0 = torch.floor((gcx - ghw) * W - 0.5).long()
-        y0 = torch.floor((gcy - ghh) * H - 0.5).long()
-        kw = int(((torch.ceil((gcx + ghw) * W - 0.5).long() - x0)[gp]).max()) + 1
-        kh = int(((torch.ceil((gcy + ghh) * H - 0.5).long() - y0)[gp]).max()) + 1
-        kw, kh = min(kw, W + 1), min(kh, H + 1)
-        px = x0[..., None] + torch.arange(kw, device=dev)                 # [B,n,kw]
-        py = y0[..., None] + torch.arange(kh, device=dev)                 # [B,n,kh]
-        # out-of-image pixels and absent shapes can never be inside: push them away
-        ax = ((px.float() + 0.5) / W - gcx[..., None]).abs()
-        ax = ax.masked_fill((px < 0) | (px >= W) | ~gp[..., None], float("inf"))
-        ey2 = (((py.float() + 0.5) / H - gcy[..., None]) / ghh[..., None]).square()
-        ey2 = ey2.masked_fill((py < 0) | (py >= H), float("inf"))
-        gk = kind[:, sl]
-        only = int(gk[0, 0]) if bool((gk == gk[0, 0]).all()) else None
-        inside = _inside(gk[..., None, None], ax[:, :, None, :], ey2[:, :, :, None], ghw[..., None, None], only)
-        # clamped indices are safe: pixels outside a shape carry the value 0
-        flat = bidx + py.clamp(0, H - 1)[:, :, :, None] * W + px.clamp(0, W - 1)[:, :, None, :]
-        val = inside * rank[:, sl, None, None]
-        canvas.scatter_reduce_(0, flat.reshape(-1), val.reshape(-1), reduce="amax")
-    top = canvas[:dump].view(B, H, W)
-    return _resolve(label, base, top, cls, ocol, order)
+        run = min(1 << l, W)
+        ax = (xs.unfold(0, run, 1)[row_x[r]] - g[r, 0, None]).abs()                # [n, run]
+        inside = ax < hout[r, None]
+        if bool(ring[r].any()):
+            inside &= ax >= hin[r, None]
+        flat = row_base[r, None] + torch.arange(run, device=dev)
+        canvas.scatter_reduce_(0, flat.view(-1), (inside * val[r, None]).view(-1), reduce="amax")
+    return slot
 
 
 def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
@@ -619,48 +737,69 @@ def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
     return parts
 
 
-def _appearance(spec: DomainSpec, split: int, idx: torch.Tensor, label: torch.Tensor,
-                base: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """Base colours -> a camera image: texture, lighting, shadows, blur, saturation, noise."""
+def _camera(spec: DomainSpec, split: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image camera parameters: light, colour cast, saturation, shadow, noise offset.
+
+    Gain, cast and saturation are linear maps of the colour that commute with the
+    per-pixel scalar factors (texture, shading, gradient, shadow) and with the blur, so
+    they are applied once to each image's slot colours (``color``, [B,3,3]: a row vector
+    of RGB times this matrix) instead of to every pixel.
+    """
     B = idx.shape[0]
+    dev = idx.device
     R = _Rand(spec.seed + 1000, split, idx)
-    img = base
+    gain = _lerp(*spec.light, R())
+    cam = {"grad": _lerp(-0.15, 0.15, R())}
+    cast = 1 + (R(3) - 0.5) * 0.12 * (1 + spec.texture)
+    s = spec.saturation
+    mix = torch.full((3, 3), (1 - s) / 3, device=dev) + s * torch.eye(3, device=dev)   # x -> grey + s (x - grey)
+    cam["color"] = (gain.view(B, 1, 1) * cast.view(B, 3, 1)) * mix
+    if spec.shadows > 0:
+        cam["shadow_angle"] = _lerp(-1.0, 1.0, R())
+        cam["shadow_offset"] = _lerp(0.2, 0.8, R())
+        cam["shadow_depth"] = 0.4 * (R() < spec.shadows).to(torch.float32)
+    cam["noise_y"] = R()
+    cam["noise_x"] = R()
+    cam["texture_y"] = R()
+    cam["texture_x"] = R()
+    return cam
+
+
+def _appearance(spec: DomainSpec, idx: torch.Tensor, cam: dict[str, torch.Tensor], rgb: torch.Tensor,
+                amp: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Camera colours [3,B,H,W] -> a camera image: texture, light gradient, shadow, blur, noise.
+
+    ``amp``: texture amplitude per pixel. The per-pixel factors are multiplied into one
+    scalar map, applied once to the colours.
+    """
+    B = idx.shape[0]
+    dev = idx.device
     if spec.texture > 0:
-        coarse = _value_noise(spec.seed, idx, 1, (6, 12), (H, W))
-        fine = _value_noise(spec.seed, idx, 2, (24, 48), (H, W))
-        amp = torch.full((len(WORLD_CLASSES),), spec.texture, device=idx.device)
-        amp[SKY] *= 0.3
-        amp[VEG] *= 1.6
-        amp[ROAD] *= 0.8
-        a = amp[label].unsqueeze(1)
-        img = img * (1 + a * (0.5 * coarse + 0.5 * fine))
-    # lighting: global gain, a vertical gradient and a colour cast
-    gain = _lerp(*spec.light, R()).view(B, 1, 1, 1)
-    ys = torch.linspace(0, 1, H, device=idx.device).view(1, 1, H, 1)
-    grad = 1 + _lerp(-0.15, 0.15, R()).view(B, 1, 1, 1) * (ys - 0.5)
-    cast = 1 + (R(3) - 0.5).view(B, 3, 1, 1) * 0.12 * (1 + spec.texture)
-    img = img * gain * grad * cast
+        tile = _texture_tile(spec.seed, dev, H, W)
+        oy = (cam["texture_y"] * H).long().tolist()
+        ox = (cam["texture_x"] * W).long().tolist()
+        for b in range(B):
+            amp[b].mul_(tile[oy[b]:oy[b] + H, ox[b]:ox[b] + W])
+        scale = amp.add_(1)
+    else:
+        scale = torch.ones(B, H, W, device=dev)
+    ys = torch.linspace(0, 1, H, device=dev).view(1, H, 1)
+    scale.mul_(1 + cam["grad"].view(B, 1, 1) * (ys - 0.5))             # vertical light gradient
     if spec.shadows > 0:
         # a soft shadow cast across the scene by a half-plane
-        xs = torch.linspace(0, 1, W, device=idx.device).view(1, 1, 1, W)
-        ang = _lerp(-1.0, 1.0, R()).view(B, 1, 1, 1)
-        off = _lerp(0.2, 0.8, R()).view(B, 1, 1, 1)
-        on = (R() < spec.shadows).view(B, 1, 1, 1)
-        sh = torch.sigmoid(((xs - off) + ang * (ys - 0.5)) * 40)
-        img = img * torch.where(on, 1 - 0.4 * sh, torch.ones_like(sh))
-    if spec.saturation != 1.0:
-        grey = img.mean(dim=1, keepdim=True)
-        img = grey + spec.saturation * (img - grey)
-    img = _gaussian_blur(img, spec.blur * H / 256.0)
-    if spec.noise > 0:
+        xs = torch.linspace(0, 1, W, device=dev).view(1, 1, W)
+        ang, off = cam["shadow_angle"].view(B, 1, 1), cam["shadow_offset"].view(B, 1, 1)
+        sh = ((xs - off) * 40 + (ang * 40) * (ys - 0.5)).sigmoid_().mul_(cam["shadow_depth"].view(B, 1, 1))
+        scale.addcmul_(scale, sh, value=-1.0)
+    img = _gaussian_blur(rgb.mul_(scale), spec.blur * H / 256.0)
+    if spec.noise > 0 and B:
         # sensor noise: a fixed tile of hashed noise, read at a per-image random offset
-        tile = _noise_tile(idx.device)
-        T = tile.shape[-1]
-        oy = (R() * T).long().view(B, 1, 1)
-        ox = (R() * T).long().view(B, 1, 1)
-        yy = (torch.arange(H, device=idx.device).view(1, H, 1) + oy) % T
-        xx = (torch.arange(W, device=idx.device).view(1, 1, W) + ox) % T
-        img = img + tile[:, yy, xx].transpose(0, 1) * spec.noise
+        tile = _noise_tile(dev, H, W)
+        T = tile.shape[1] - H
+        oy = (cam["noise_y"] * T).long().tolist()
+        ox = (cam["noise_x"] * T).long().tolist()
+        for b in range(B):
+            img[:, b].add_(tile[:, oy[b]:oy[b] + H, ox[b]:ox[b] + W], alpha=spec.noise)
     return img.clamp_(0, 1)
 
 
@@ -681,7 +820,7 @@ class ToyWorld(Dataset):
     waits for CPU-side data loading; ``"auto"`` picks CUDA when available.
     """
 
-    CHUNK = 64
+    CHUNK = 128
 
     def __init__(self, domain: str | DomainSpec = "synthetic", split: str = "train", size: tuple[int, int] = (64, 128),
                  length: int | None = None, transform: Callable | None = None, cache: bool = True,
@@ -736,9 +875,8 @@ class ToyWorld(Dataset):
         if c not in self._chunks:
             lo = c * self.CHUNK
             hi = min(lo + self.CHUNK, self.length)
-            img, lab = render(self.spec, torch.arange(lo, hi, device=self.device) + self.offset, self.size,
-                              self.split)
-            pair = ((img * 255).round_().to(torch.uint8), lab.to(torch.uint8))
+            pair = render_uint8(self.spec, torch.arange(lo, hi, device=self.device) + self.offset, self.size,
+                                self.split)
             if not self.cache:
                 return pair
             self._chunks[c] = pair
