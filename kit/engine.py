@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_che
 from .metrics import ConfusionMatrix
 
 __all__ = [
-    "seed_everything", "resolve_device", "autocast", "BatchStream", "make_optimizer", "poly_lr",
+    "seed_everything", "set_threads", "resolve_device", "autocast", "BatchStream", "make_optimizer", "poly_lr",
     "History", "Engine", "evaluate", "predict", "EvalResult",
 ]
 
@@ -52,6 +53,40 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads and return how many it uses.
+
+    ``None`` keeps torch's default, except on a busy machine -- a 1-minute load average at
+    or above the number of cores -- where it uses one thread: OpenMP threads that share
+    cores with other processes wait for each other, and two such threads on two busy
+    cores measured 5-20x slower than one. Threads change only the order of floating-point
+    sums, so results can differ in the last digits between thread counts.
+    """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        torch.set_num_threads(threads)
+    elif hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def _progress_bar(**kwargs):
+    """A tqdm bar: the notebook widget when a front end shows it; plain text updated at most
+    every 30 s in headless runs (papermill, nbval). A widget bar sends several messages a
+    second, and a client that reads them only after a long cell (nbval) loses messages past
+    ZeroMQ's queue limit -- the kernel's final status among them, which fails the cell."""
+    from .viz import headless
+
+    if headless():
+        from tqdm.std import tqdm
+
+        return tqdm(mininterval=30.0, maxinterval=120.0, leave=False, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(leave=False, dynamic_ncols=True, **kwargs)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -463,10 +498,8 @@ class Engine:
             self.load(self.checkpoint)
         elif self.it == 0:
             torch.manual_seed(self.seed + 1)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.max_iters, initial=self.it, desc=self.desc, disable=not (self.progress and self.is_main),
-                   leave=False, dynamic_ncols=True)
+        bar = _progress_bar(total=self.max_iters, initial=self.it, desc=self.desc,
+                            disable=not (self.progress and self.is_main))
         for m in self.modules.values():
             m.train()
         t0 = time.perf_counter() - self.history.seconds
@@ -490,7 +523,7 @@ class Engine:
                     if lrs:
                         rec["lr"] = lrs[0]
                     self.history.train.append(rec)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("iter", "lr")})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k not in ("iter", "lr")}, refresh=False)
                     running, n_run = {}, 0
                 bar.update(1)
                 if self.eval_every and self.it % self.eval_every == 0 and self.it < self.max_iters:
