@@ -47,7 +47,7 @@ from ..config import Config, register_method, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
 from ..models import FCDiscriminator
-from .supervised import build_model, load_or_train_baseline, make_model_optimizer
+from .supervised import build_model, da_cache_key, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
            "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "load_or_train_adaptseg",
@@ -375,9 +375,8 @@ def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str,
     return model, discs, history
 
 
-#: config fields that do not change the trained model
-_NOT_IN_KEY = ("progress", "log_every", "cache_dir", "run_dir", "num_workers", "eval_batch_size", "device", "seeds",
-               "profile", "lambda_sweep", "sweep_seeds")
+#: notebook-only fields, besides the run-only ones, that do not change the trained model
+_NOT_IN_KEY = ("lambda_sweep", "sweep_seeds")
 
 
 def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
@@ -392,9 +391,7 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["source_train"].num_classes
-    key = {k: v for k, v in cfg.items() if k not in _NOT_IN_KEY}
-    key.update(seed=seed, num_classes=num_classes,
-               data=[getattr(ds[k], "fingerprint", None) for k in ("source_train", "target_train")])
+    key = da_cache_key(cfg, seed, ds, num_classes, ignore=_NOT_IN_KEY)
 
     def fit():
         model, discs, hist = train_adaptseg(cfg, seed, ds, verbose=verbose)

@@ -37,7 +37,7 @@ from ..cache import load_or_train, save_checkpoint
 from ..config import Config, register_method, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, predict, seed_everything
-from .supervised import build_model, load_or_train_baseline, make_model_optimizer
+from .supervised import build_model, da_cache_key, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["ActivePool", "RIPUStep", "make_budget", "selection_iters", "baseline_config", "build_ripu_model",
            "train_ripu", "load_or_train_ripu", "select_on_pool", "train"]
@@ -281,8 +281,8 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     return model, pool, history
 
 
-_NOT_IN_KEY = ("progress", "log_every", "cache_dir", "run_dir", "num_workers", "eval_batch_size", "device", "seeds",
-               "profile", "select_batch_size")
+#: fields, besides the run-only ones, that do not change the trained model
+_NOT_IN_KEY = ("select_batch_size",)
 
 
 def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
@@ -297,9 +297,7 @@ def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["target_train"].num_classes
-    key = {k: v for k, v in cfg.items() if k not in _NOT_IN_KEY}
-    key.update(seed=seed, num_classes=num_classes,
-               data=[getattr(ds[k], "fingerprint", None) for k in ("source_train", "target_train")])
+    key = da_cache_key(cfg, seed, ds, num_classes, ignore=_NOT_IN_KEY)
 
     def fit():
         model, pool, hist = train_ripu(cfg, seed, ds, verbose=verbose)

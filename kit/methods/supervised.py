@@ -99,6 +99,22 @@ _TRAIN_KEYS = ("size", "source_size", "data_root", "n_train", "iters", "batch_si
                "channels_last")
 
 
+#: config fields that never change a trained model (where it runs, how it logs, what else the notebook does)
+RUN_ONLY_KEYS = ("progress", "log_every", "cache_dir", "run_dir", "num_workers", "eval_batch_size", "device",
+                 "seeds", "profile")
+
+
+def da_cache_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any], num_classes: int,
+                 ignore: tuple[str, ...] = ()) -> dict:
+    """The cache key of a domain-adaptation model: every config field except the run-only ones
+    (:data:`RUN_ONLY_KEYS` and ``ignore``), the seed, the label space and the fingerprints of
+    the source and target training data."""
+    key = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS + tuple(ignore)}
+    key.update(seed=seed, num_classes=num_classes,
+               data=[getattr(datasets[k], "fingerprint", None) for k in ("source_train", "target_train")])
+    return key
+
+
 def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapping[str, Any] | None = None,
                            verbose: bool = True) -> tuple[nn.Module, dict]:
     """The cached source-only (``kind="source_only"``) or target-oracle (``"oracle"``) model.
