@@ -3,7 +3,8 @@
 Each notebook runs through ``kit run`` (papermill) with ``CACHE_DIR`` pointing at an
 empty temporary folder, so every model is trained, as on a first run. Prints a table and
 optionally writes JSON. Run on a quiet machine: ``python benchmarks/bench_notebooks.py
-[--profile quick] [--only 00 01] [--json out.json]``.
+[--profile quick] [--only 00 01] [--json out.json] [--keep DIR]`` (``--keep`` keeps the
+executed notebooks, figures and ``metrics.json`` files in DIR/<notebook>/).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def main() -> int:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 00 03")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, help="keep each notebook's outputs in KEEP/<notebook>/")
     args = ap.parse_args()
     books = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:
@@ -31,10 +33,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for nb in books:
             cache = Path(tmp) / f"cache-{nb.stem}"
-            out = Path(tmp) / "out"
+            keep = Path(args.keep or tmp) / nb.stem
+            out = keep if args.keep else Path(tmp) / "out"
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "kit", "run", str(nb), "--profile", args.profile,
-                                   "-p", "CACHE_DIR", str(cache), "-p", "RUN_DIR", str(Path(tmp) / nb.stem),
+                                   "-p", "CACHE_DIR", str(cache), "-p", "RUN_DIR", str(keep),
                                    "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
             dt = time.perf_counter() - t
             rows.append({"notebook": nb.stem, "profile": args.profile, "wall_s": round(dt, 1),

@@ -308,7 +308,7 @@ def _texture_tile(seed: int, device: torch.device, H: int, W: int) -> torch.Tens
         fine = grid(2, 48, 96)
         coarse = F.interpolate(grid(1, 12, 24), size=fine.shape[-2:], mode="bilinear", align_corners=True)
         tile = F.interpolate((coarse + fine) * 0.5, size=(2 * H, 2 * W), mode="bilinear", align_corners=True)
-        if len(_TEXTURES) >= 16:
+        if len(_TEXTURES) >= 8:     # one per domain at one size; 32 MB each at 1024x2048
             _TEXTURES.pop(next(iter(_TEXTURES)))
         _TEXTURES[key] = tile[0, 0]
     return _TEXTURES[key]
