@@ -562,16 +562,22 @@ def _shapes(groups):
     return cls, cx, cy, hw, hh, kind, ocol, present, order, rank
 
 
-def _row_extent(kind, ey2, hw):
-    """Per shape and pixel row: the shape covers the pixels with ``hin <= |x - cx| < hout``.
+def _row_runs(kind, ey2, hw, cx, W):
+    """Per shape and pixel row: the columns the shape covers, as ``[lo, hi)`` less a hole
+    ``[hole_lo, hole_hi)`` (empty except for rings). ``ey2`` = ((y - cy) / hh)^2 of the row.
 
-    ``ey2`` = ((y - cy) / hh)^2 of the row. Rectangles cover ``hw`` on rows with ey2 < 1,
-    ellipses ``hw sqrt(1 - ey2)``; rings are ellipses less an inner ellipse of 0.2 ey2 scale.
+    A pixel x is covered when ``hin <= |(x + 0.5) / W - cx| < hout``: rectangles have
+    ``hout = hw`` on rows with ey2 < 1, ellipses ``hw sqrt(1 - ey2)``, rings are ellipses
+    less an inner ellipse ``hin = hw sqrt(0.2 - ey2)``. In pixel units, with
+    ``c = cx W - 0.5``, that is ``c - hout W < x < c + hout W`` outside ``|x - c| < hin W``.
     """
     ell = hw * (1 - ey2).clamp(min=0).sqrt()
-    hout = torch.where(kind == _SHAPE_RECT, torch.where(ey2 < 1, hw, 0.0), ell)
-    hin = torch.where(kind == _SHAPE_RING, hw * (0.2 - ey2).clamp(min=0).sqrt(), 0.0)
-    return hout, hin
+    hout = torch.where(kind == _SHAPE_RECT, torch.where(ey2 < 1, hw, 0.0), ell) * W
+    hin = torch.where(kind == _SHAPE_RING, hw * (0.2 - ey2).clamp(min=0).sqrt(), 0.0) * W
+    c = cx * W - 0.5
+    lo, hi = torch.floor(c - hout) + 1, torch.ceil(c + hout)
+    hole_lo, hole_hi = torch.floor(c - hin) + 1, torch.ceil(c + hin)
+    return lo.long(), hi.long(), hole_lo.long(), hole_hi.long()
 
 
 def _paint_dense(slot, shapes, H, W):
@@ -579,11 +585,10 @@ def _paint_dense(slot, shapes, H, W):
     cls, cx, cy, hw, hh, kind, ocol, present, order, rank = shapes
     dev = slot.device
     ys = ((torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H).view(1, 1, H)
-    xs = ((torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W).view(1, 1, W)
-    ax = (xs - cx[..., None]).abs()                                      # [B,N,W]
     ey2 = ((ys - cy[..., None]) / hh[..., None]).square()                # [B,N,H]
-    hout, hin = _row_extent(kind[..., None], ey2, hw[..., None])
-    inside = (ax[:, :, None, :] < hout[..., None]) & (ax[:, :, None, :] >= hin[..., None])
+    lo, hi, hole_lo, hole_hi = (t[..., None] for t in _row_runs(kind[..., None], ey2, hw[..., None], cx[..., None], W))
+    x = torch.arange(W, device=dev)
+    inside = (x >= lo) & (x < hi) & ~((x >= hole_lo) & (x < hole_hi))     # [B,N,H,W]
     inside &= present[..., None, None]
     top = (inside.to(torch.uint8) * (rank + _N_BG - 1).to(torch.uint8)[..., None, None]).amax(dim=1)
     return torch.maximum(slot, top)
@@ -594,7 +599,9 @@ def _paint(slot, shapes, H, W):
 
     Only the rows of each present shape's bounding box are rasterized, each on a run of
     pixels as wide as the box (rounded up to a power of two, so that runs of similar width
-    share one tensor); the slots are merged into the map with a scatter-max. Equals
+    share one tensor). A row's covered columns are written as events (+slot where its run
+    starts, -slot where it ends, the other way round for a ring's hole) and summed along
+    the run; the slots are merged into the map with a scatter-max. Equals
     :func:`_paint_dense` at a small fraction of the cost.
     """
     _, cx, cy, hw, hh, kind, _, present, _, rank = shapes
@@ -603,44 +610,48 @@ def _paint(slot, shapes, H, W):
         return slot
     dev = slot.device
     f = torch.stack([cx, cy, hw, hh], dim=-1)[bi, ni]                            # [M,4]
-    # pixels p whose centre (p + 0.5) / size can lie inside the box, clipped to the image
+    kind, val = kind[bi, ni], (rank[bi, ni] + _N_BG - 1).to(torch.uint8)
+    # pixels p whose centre (p + 0.5) / size can lie inside the box, one to spare, in the image
     size = f.new_tensor([W, H])
-    lo = torch.floor((f[:, :2] - f[:, 2:]) * size - 0.5).clamp(min=0)
-    hi = torch.minimum(torch.ceil((f[:, :2] + f[:, 2:]) * size - 0.5).clamp(min=0), size - 1)
+    lo = (torch.floor((f[:, :2] - f[:, 2:]) * size - 0.5) - 1).clamp(min=0)
+    hi = torch.minimum((torch.ceil((f[:, :2] + f[:, 2:]) * size - 0.5) + 1).clamp(min=0), size - 1)
     lo = torch.minimum(lo, hi).long()
     lw = torch.ceil(torch.log2(hi[:, 0] - lo[:, 0] + 1)).long()
     lw, by_width = torch.sort(lw, stable=True)
-    bi, ni, f, lo, hi = bi[by_width], ni[by_width], f[by_width], lo[by_width], hi[by_width].long()
+    bi, f, lo, hi, kind, val = (t[by_width] for t in (bi, f, lo, hi.long(), kind, val))
+    run_w = (1 << lw).clamp(max=W)
     # runs start where a window of the shape's run width fits inside the image
-    xw = torch.minimum(lo[:, 0], W - (1 << lw).clamp(max=W))
+    xw = torch.minimum(lo[:, 0], W - run_w)
     kh = hi[:, 1] - lo[:, 1] + 1
     # one entry per (shape, row of its box), grouped by run width
     shape = torch.repeat_interleave(torch.arange(kh.numel(), device=dev), kh)
     ry = lo[shape, 1] + torch.arange(shape.numel(), device=dev) - (torch.cumsum(kh, 0) - kh)[shape]
     g = f[shape]
     ey2 = (((ry.float() + 0.5) / H - g[:, 1]) / g[:, 3]).square()
-    b_, n_ = bi[shape], ni[shape]
-    hout, hin = _row_extent(kind[b_, n_], ey2, g[:, 2])
-    val = (rank[b_, n_] + _N_BG - 1).to(torch.uint8)
-    row_x = xw[shape]
-    row_base = b_ * (H * W) + ry * W + row_x
-    ring = kind[b_, n_] == _SHAPE_RING
+    row_x, row_w = xw[shape, None], run_w[shape, None]
+    # covered columns [lo, hi) less the hole [hole_lo, hole_hi), relative to the run's start
+    bounds = torch.stack(_row_runs(kind[shape], ey2, g[:, 2], g[:, 0], W), dim=1) - row_x     # [R,4]
+    bounds[:, :2] = bounds[:, :2].clamp(min=0).minimum(row_w)
+    bounds[:, 2:] = bounds[:, 2:].clamp(min=0).minimum(row_w)
+    bounds[:, 1] = bounds[:, 1].maximum(bounds[:, 0])
+    bounds[:, 3] = bounds[:, 3].maximum(bounds[:, 2])
+    v = val[shape, None]
+    events = torch.cat([v, -v, -v, v], dim=1)                                    # uint8: wraps mod 256
+    row_base = bi[shape] * (H * W) + ry * W + xw[shape]
     widths, n_shapes = torch.unique_consecutive(lw, return_counts=True)
     n_rows = torch.zeros_like(widths).index_add_(0, torch.repeat_interleave(
         torch.arange(widths.numel(), device=dev), n_shapes), kh)
     canvas = slot.view(-1)
-    xs = (torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W                 # pixel centres
     start = 0
     for l, n in zip(widths.tolist(), n_rows.tolist()):
         r = slice(start, start + n)
         start += n
         run = min(1 << l, W)
-        ax = (xs.unfold(0, run, 1)[row_x[r]] - g[r, 0, None]).abs()                # [n, run]
-        inside = ax < hout[r, None]
-        if bool(ring[r].any()):
-            inside &= ax >= hin[r, None]
+        acc = torch.zeros(n, run + 1, dtype=torch.uint8, device=dev)
+        acc.scatter_add_(1, bounds[r], events[r])
+        values = acc.cumsum(1, dtype=torch.uint8)[:, :run]                       # the slot where covered, else 0
         flat = row_base[r, None] + torch.arange(run, device=dev)
-        canvas.scatter_reduce_(0, flat.view(-1), (inside * val[r, None]).view(-1), reduce="amax")
+        canvas.scatter_reduce_(0, flat.view(-1), values.reshape(-1), reduce="amax")
     return slot
 
 
