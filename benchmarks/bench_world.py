@@ -6,7 +6,9 @@ use (:func:`kit.data.world.render_uint8`, a :class:`~kit.data.world.ToyWorld` ch
 time) and :func:`kit.data.world.render` (float images, int64 labels) -- the images/s
 the quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
 profile's bf16 autocast + channels_last and without), and their ratio at 64x128.
-Each timing is the median of ``--reps`` repetitions.
+Each timing is the median of ``--reps`` repetitions. Then ``--rounds`` paired rounds time
+the datasets' path and the training step back to back and report each round's ratio, since
+the speed of a shared machine drifts between measurements.
 
 Run: ``python benchmarks/bench_world.py [--reps 9] [--json out.json] [--device cuda]``.
 Numbers depend on the machine and on what else runs on it: benchmark on a quiet machine.
@@ -86,6 +88,7 @@ def time_train(amp: str, channels_last: bool, reps: int, device: str = "cpu") ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=5, help="paired renderer/training rounds at 64x128")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cpu", help="where to render and train: cpu (default) or cuda")
     args = ap.parse_args()
@@ -111,6 +114,21 @@ def main() -> None:
         r64 = min(r["images_per_s"] for r in res["render"] if r["size"] == "64x128" and r["function"] == fn)
         res["ratio_render_over_train" if fn == "render" else f"ratio_{fn}_over_train"] = round(r64 / t64, 1)
         print(f"{fn} (slower domain) / fastest training consumption at 64x128: {r64 / t64:.1f}x")
+    # the machine's speed drifts between measurements: time renderer and training back to
+    # back in several rounds and report the ratio of each round
+    rounds = []
+    for _ in range(args.rounds):
+        r64 = min(time_render(d, (64, 128), ToyWorld.CHUNK, args.reps, args.device) for d in ("synthetic", "real"))
+        t64 = time_train("bf16", True, args.reps, args.device)
+        rounds.append({"render_uint8": round(r64, 1), "train": round(t64, 1), "ratio": round(r64 / t64, 1)})
+        print(f"paired round: render_uint8 {r64:7.1f} images/s, training {t64:6.1f} images/s, ratio {r64 / t64:5.1f}x",
+              flush=True)
+    res["paired_rounds"] = rounds
+    if rounds:
+        ratios = sorted(r["ratio"] for r in rounds)
+        res["paired_ratio_median"] = statistics.median(ratios)
+        print(f"paired ratio over {len(ratios)} rounds: median {statistics.median(ratios):.1f}x "
+              f"(min {ratios[0]:.1f}x, max {ratios[-1]:.1f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -22,6 +22,7 @@ appearance and one of them merges classes, as CamVid does with respect to Citysc
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -232,7 +233,7 @@ _CITY_C = replace(
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 #: bump when the rendering code changes what an index renders to (invalidates cached models)
-RENDER_VERSION = 5
+RENDER_VERSION = 6
 
 
 def get_domain(domain: str | DomainSpec) -> DomainSpec:
@@ -423,6 +424,24 @@ def render_uint8(domain: str | DomainSpec, index: torch.Tensor | Sequence[int] |
     return _render_chunked(spec, split_id, idx, H, W, quantize=True)
 
 
+_WORK = threading.local()
+
+
+def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scratch tensor kept between calls (per thread). Large tensors allocated afresh on
+    every call cost the CPU a page fault per 4 kB the first time they are written, which
+    was a third of the renderer's time; the caller copies out of it before returning."""
+    bufs = getattr(_WORK, "bufs", None)
+    if bufs is None:
+        bufs = _WORK.bufs = {}
+    key = (name, str(device), dtype)
+    buf = bufs.get(key)
+    n = math.prod(shape)
+    if buf is None or buf.numel() < n:
+        buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(shape)
+
+
 #: images per internal batch on CPU: about 2^20 pixels, so that the working set stays in cache
 _CHUNK_PIXELS = 1 << 20
 
@@ -434,34 +453,37 @@ def _render_chunked(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: 
     labels = torch.empty(B, H, W, dtype=torch.uint8 if quantize else torch.int64, device=dev)
     step = max(B, 1) if dev.type != "cpu" else max(1, _CHUNK_PIXELS // (H * W))
     for lo in range(0, B, step):
-        img, lab = _render(spec, split, idx[lo:lo + step], H, W, labels.dtype)
+        img = _render(spec, split, idx[lo:lo + step], H, W, labels[lo:lo + step])
         if quantize:
             img = img.mul_(255).round_()
         images[lo:lo + step] = img.permute(1, 0, 2, 3)
-        labels[lo:lo + step] = lab
     return images, labels
 
 
-def _render(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, label_dtype: torch.dtype):
-    """Images as float [3,B,H,W] (channel-major) in [0, 1] and labels [B,H,W] of ``label_dtype``."""
+def _render(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, labels: torch.Tensor) -> torch.Tensor:
+    """Images as float [3,B,H,W] (channel-major, a scratch buffer: copy it before the next
+    call) in [0, 1]; the labels are written into ``labels`` [B,H,W] (contiguous)."""
     B = idx.shape[0]
     slot, colors, classes = _scene(spec, split, idx, H, W)
     cam = _camera(spec, split, idx)
     S = colors.shape[1]
     # one flat index into the per-image slot tables serves colours, texture and labels
     dev = idx.device
-    flat = (slot.to(torch.int32) + (torch.arange(B, dtype=torch.int32, device=dev) * S).view(B, 1, 1)).view(-1)
+    flat = _workspace("flat", (B, H, W), torch.int32, dev)
+    flat.copy_(slot).add_((torch.arange(B, dtype=torch.int32, device=dev) * S).view(B, 1, 1))
+    flat = flat.view(-1)
     colors = torch.bmm(colors, cam["color"])                   # gain, colour cast and saturation
     planes = colors.permute(2, 0, 1).reshape(3, -1)             # [3, B * S]
-    rgb = torch.empty(3, B, H, W, device=dev)                   # channel-major while it is worked on
+    rgb = _workspace("rgb", (3, B, H, W), torch.float32, dev)   # channel-major while it is worked on
     for c in range(3):
         torch.index_select(planes[c], 0, flat, out=rgb[c].view(-1))
     gain = torch.tensor(_TEXTURE_GAIN, device=idx.device)[classes] * spec.texture          # [B,S]
-    amp = torch.index_select(gain.reshape(-1), 0, flat).view(B, H, W)
+    amp = _workspace("amp", (B, H, W), torch.float32, dev)
+    torch.index_select(gain.reshape(-1), 0, flat, out=amp.view(-1))
     image = _appearance(spec, idx, cam, rgb, amp, H, W)
-    lut = spec.label_lut().to(idx.device, label_dtype)[classes]                               # [B,S]
-    label = torch.index_select(lut.reshape(-1), 0, flat).view(B, H, W)
-    return image, label
+    lut = spec.label_lut().to(idx.device, labels.dtype)[classes]                              # [B,S]
+    torch.index_select(lut.reshape(-1), 0, flat, out=labels.view(-1))
+    return image
 
 
 def _scene(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int):
@@ -800,7 +822,8 @@ def _appearance(spec: DomainSpec, idx: torch.Tensor, cam: dict[str, torch.Tensor
         # a soft shadow cast across the scene by a half-plane
         xs = torch.linspace(0, 1, W, device=dev).view(1, 1, W)
         ang, off = cam["shadow_angle"].view(B, 1, 1), cam["shadow_offset"].view(B, 1, 1)
-        sh = ((xs - off) * 40 + (ang * 40) * (ys - 0.5)).sigmoid_().mul_(cam["shadow_depth"].view(B, 1, 1))
+        sh = torch.add((xs - off) * 40, (ang * 40) * (ys - 0.5), out=_workspace("shadow", (B, H, W), torch.float32, dev))
+        sh.sigmoid_().mul_(cam["shadow_depth"].view(B, 1, 1))
         scale.addcmul_(scale, sh, value=-1.0)
     img = _gaussian_blur(rgb.mul_(scale), spec.blur * H / 256.0)
     if spec.noise > 0 and B:
