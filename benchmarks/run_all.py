@@ -57,8 +57,17 @@ def main() -> int:
         *[f"| amp={r['amp']}, channels_last={r['channels_last']} | {r['images_per_s']:.0f} | {r['steps_per_s']:.2f} |"
           for r in world["train"]],
         "",
-        f"Renderer (slower domain) / training consumption at 64x128: **{world['ratio_render_uint8_over_train']}x** "
-        f"for the datasets' path (`render_uint8`), {world['ratio_render_over_train']}x for `render`.",
+        f"Renderer (slower domain) / training consumption at 64x128, from the tables above: "
+        f"{world['ratio_render_uint8_over_train']}x for the datasets' path (`render_uint8`), "
+        f"{world['ratio_render_over_train']}x for `render`.",
+        "",
+        "Paired rounds (the datasets' path, slower domain, and the bf16 training step timed back to back):",
+        "",
+        "| round | render_uint8 images/s | training images/s | ratio |", "|---|---|---|---|",
+        *[f"| {i + 1} | {r['render_uint8']:.0f} | {r['train']:.0f} | {r['ratio']}x |"
+          for i, r in enumerate(world.get("paired_rounds", []))],
+        "",
+        f"Median paired ratio: **{world.get('paired_ratio_median', float('nan'))}x**.",
         "",
         "## Label reading and mapping (real-dataset readers)",
         "",
