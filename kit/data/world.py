@@ -357,17 +357,18 @@ def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
         for j in range(1, min(r, n - 1) + 1):
             out.narrow(dim, j, n - j).add_(img.narrow(dim, 0, n - j), alpha=k[r - j])
             out.narrow(dim, 0, n - j).add_(img.narrow(dim, j, n - j), alpha=k[r + j])
-        norm = [sum(k[r + d] for d in range(-r, r + 1) if 0 <= i + d < n) for i in range(n)]
-        shape = [1, 1, 1, 1]
+        def renorm(positions):
+            """1 / (kernel weight that falls inside the image) at these positions, shaped along dim."""
+            w = [1 / sum(k[r + d] for d in range(-r, r + 1) if 0 <= i + d < n) for i in positions]
+            shape = [1, 1, 1, 1]
+            shape[dim] = len(w)
+            return torch.tensor(w, dtype=img.dtype, device=img.device).view(shape)
+
         if n > 2 * r:   # only the first and last r positions lost weight
-            shape[dim] = r
-            lo = torch.tensor([1 / v for v in norm[:r]], dtype=img.dtype, device=img.device).view(shape)
-            hi = torch.tensor([1 / v for v in norm[n - r:]], dtype=img.dtype, device=img.device).view(shape)
-            out.narrow(dim, 0, r).mul_(lo)
-            out.narrow(dim, n - r, r).mul_(hi)
+            out.narrow(dim, 0, r).mul_(renorm(range(r)))
+            out.narrow(dim, n - r, r).mul_(renorm(range(n - r, n)))
         else:
-            shape[dim] = n
-            out.mul_(torch.tensor([1 / v for v in norm], dtype=img.dtype, device=img.device).view(shape))
+            out.mul_(renorm(range(n)))
         img = out
     return img
 
