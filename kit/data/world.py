@@ -233,7 +233,7 @@ _CITY_C = replace(
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 #: bump when the rendering code changes what an index renders to (invalidates cached models)
-RENDER_VERSION = 6
+RENDER_VERSION = 7
 
 
 def get_domain(domain: str | DomainSpec) -> DomainSpec:
@@ -269,10 +269,10 @@ _TEXTURE_GAIN = tuple({SKY: 0.3, VEG: 1.6, ROAD: 0.8}.get(c, 1.0) for c in range
 class _Rand:
     """Per-image uniform numbers, addressed by consecutive slots (hashed in blocks)."""
 
-    BLOCK = 256
-
-    def __init__(self, seed: int, split: int, index: torch.Tensor):
-        self.seed, self.split, self.index = seed, split, index
+    def __init__(self, seed: int, split: int, index: torch.Tensor, block: int = 256):
+        """``block``: slots hashed at a time (the numbers do not depend on it; a block about
+        the size of what the caller draws saves hashing slots that are never read)."""
+        self.seed, self.split, self.index, self.block = seed, split, index, block
         self._next = 0
         self._u = torch.empty(index.shape[0], 0, device=index.device)
 
@@ -281,7 +281,7 @@ class _Rand:
         lo, hi = self._next, self._next + (1 if n is None else n)
         have = self._u.shape[1]
         if hi > have:
-            slots = torch.arange(have, max(hi, have + self.BLOCK), device=self.index.device)
+            slots = torch.arange(have, max(hi, have + self.block), device=self.index.device)
             more = hash_uniform(self.seed, self.split, self.index[:, None], slots[None, :])
             self._u = torch.cat([self._u, more], dim=1)
         self._next = hi
@@ -292,46 +292,90 @@ def _lerp(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
     return lo + (hi - lo) * u
 
 
-_TEXTURES: dict[tuple, torch.Tensor] = {}
+#: texture and noise crops come in blocks of consecutive image indices: inside a block, the
+#: crop of image i lies at a fixed step from that of image i - 1, so that a run of
+#: consecutive indices (what the datasets render) reads its crops as one strided view
+#: instead of one small operation per image. Blocks hold up to 64 images, fewer at sizes
+#: where an image is large enough that one operation per image costs nothing extra.
+_CROP_PIXELS = 1 << 21
 
 
-def _texture_tile(seed: int, device: torch.device, H: int, W: int) -> torch.Tensor:
-    """Smooth value noise in [-1, 1] on a [2H, 2W] tile: the mean of a coarse grid (a cell is
-    H/6 x W/12 pixels) and a fine one (H/24 x W/48), hashed from ``seed`` and upsampled
-    bilinearly. Images read H x W crops of it at per-image offsets."""
+def _crop_block(H: int, W: int) -> int:
+    return max(1, min(64, _CROP_PIXELS // (H * W)))
+
+
+def _crop_runs(idx: torch.Tensor, K: int) -> tuple[list[int], list[int], list[int], torch.Tensor]:
+    """Split a batch into runs of consecutive indices inside one block of ``K`` images.
+
+    Returns the runs' first and end positions in the batch, the position of the run's
+    first image inside its block (``i mod K``) and the block numbers (``i // K``) as a
+    tensor, from which the callers hash each block's own offset."""
+    B = idx.shape[0]
+    q = torch.div(idx, K, rounding_mode="floor")
+    cut = torch.ones(B, dtype=torch.bool, device=idx.device)
+    cut[1:] = (idx[1:] != idx[:-1] + 1) | (q[1:] != q[:-1])
+    first = cut.nonzero().view(-1)
+    starts = first.tolist()
+    return starts, starts[1:] + [B], (idx[first] - q[first] * K).tolist(), q[first]
+
+
+_TEXTURES: dict[tuple, tuple[torch.Tensor, int, int]] = {}
+
+
+def _texture_strip(seed: int, device: torch.device, H: int, W: int) -> tuple[torch.Tensor, int, int]:
+    """Smooth value noise in [-1, 1] on a strip [(K + 1) Dy + H, 2W], Dy = ceil(H / 3): the
+    mean of a coarse grid (cells of at most H/6 x W/12 pixels) and a fine one (H/24 x W/48),
+    hashed from ``seed`` and upsampled bilinearly. In a block of K images, image i reads the
+    H x W crop ``(i mod K) Dy`` rows below the block's own hashed offset."""
     key = (seed, str(device), H, W)
     if key not in _TEXTURES:
+        K, Dy = _crop_block(H, W), -(-H // 3)
+        rows = (K + 1) * Dy + H
+        gh = -(-rows * 6 // H)
+
         def grid(salt, gh, gw):
             yy = torch.arange(gh + 1, device=device)[:, None]
             xx = torch.arange(gw + 1, device=device)[None, :]
             return (hash_uniform(seed, salt, yy * 4099 + xx) * 2 - 1)[None, None]
 
-        fine = grid(2, 48, 96)
-        coarse = F.interpolate(grid(1, 12, 24), size=fine.shape[-2:], mode="bilinear", align_corners=True)
-        tile = F.interpolate((coarse + fine) * 0.5, size=(2 * H, 2 * W), mode="bilinear", align_corners=True)
-        if len(_TEXTURES) >= 8:     # one per domain at one size; 32 MB each at 1024x2048
+        fine = grid(2, 4 * gh, 96)
+        coarse = F.interpolate(grid(1, gh, 24), size=fine.shape[-2:], mode="bilinear", align_corners=True)
+        tile = F.interpolate((coarse + fine) * 0.5, size=(rows, 2 * W), mode="bilinear", align_corners=True)
+        if len(_TEXTURES) >= 8:     # one per domain at one size; about 28 MB each at 1024x2048
             _TEXTURES.pop(next(iter(_TEXTURES)))
-        _TEXTURES[key] = tile[0, 0]
+        _TEXTURES[key] = (tile[0, 0].contiguous(), K, Dy)
     return _TEXTURES[key]
 
 
-_TILES: dict[tuple[str, int, int], torch.Tensor] = {}
+_TILES: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}
+_SCALED_TILES: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}
 
 
-def _noise_tile(device: torch.device, H: int, W: int) -> torch.Tensor:
-    """Zero-mean, unit-variance noise (triangular distribution) on a periodic T x T tile,
-    T = 509, as [3, T+H, T+W] so that any H x W window at an offset below T is a slice."""
+def _noise_strip(device: torch.device, H: int, W: int, amplitude: float) -> tuple[torch.Tensor, int, int, int]:
+    """Noise of standard deviation ``amplitude`` plus 0.5 (the rounding offset of
+    :func:`_render`), independent per element (triangular distribution), on a flat strip.
+
+    A noise plane is an H x W window with row stride ``Ws = W + 13``; the planes of a block
+    of K images (3 per image, one per channel) follow each other at a step
+    ``Q = 37 Ws + 211`` elements (about 37 rows: planes overlap only shifted, never pixel
+    on pixel), after the block's own hashed offset below ``3 Q``."""
     key = (str(device), H, W)
+    skey = key + (amplitude,)
+    if skey in _SCALED_TILES:
+        return _SCALED_TILES[skey]
     if key not in _TILES:
-        T = 509
-        k = torch.arange(3 * T * T, device=device).view(3, T, T)
+        K, Ws = _crop_block(H, W), W + 13
+        Q = 37 * Ws + 211
+        k = torch.arange(3 * Q + 3 * K * Q + H * Ws, device=device)
         u = hash_uniform(7919, k) + hash_uniform(104729, k) - 1.0
-        tile = u * math.sqrt(6.0)                                # var(u1 + u2 - 1) = 1/6
-        reps = (1, -(-(T + H) // T), -(-(T + W) // T))
         if len(_TILES) >= 4:
             _TILES.pop(next(iter(_TILES)))
-        _TILES[key] = tile.repeat(*reps)[:, :T + H, :T + W].contiguous()
-    return _TILES[key]
+        _TILES[key] = (u.mul_(math.sqrt(6.0)), K, Ws, Q)                 # var(u1 + u2 - 1) = 1/6
+    unit, K, Ws, Q = _TILES[key]
+    if len(_SCALED_TILES) >= 8:     # one per domain at one size: about 5 MB each
+        _SCALED_TILES.pop(next(iter(_SCALED_TILES)))
+    _SCALED_TILES[skey] = (unit * amplitude + 0.5, K, Ws, Q)
+    return _SCALED_TILES[skey]
 
 
 def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -443,8 +487,8 @@ def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: to
     return buf[:n].view(shape)
 
 
-#: images per internal batch on CPU: about 2^20 pixels, so that the working set stays in cache
-_CHUNK_PIXELS = 1 << 20
+#: images per internal batch on CPU: about 2^21 pixels, so that the working set stays in cache
+_CHUNK_PIXELS = 1 << 21
 
 
 def _render_chunked(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, quantize: bool):
@@ -455,15 +499,18 @@ def _render_chunked(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: 
     step = max(B, 1) if dev.type != "cpu" else max(1, _CHUNK_PIXELS // (H * W))
     for lo in range(0, B, step):
         img = _render(spec, split, idx[lo:lo + step], H, W, labels[lo:lo + step])
-        if quantize:
-            img = img.mul_(255).round_()
+        if quantize:    # img holds 255 x + 0.5, which the cast truncates: round(255 x)
+            img.clamp_(0, 255.5)
+        else:
+            img.sub_(0.5).clamp_(0, 255).mul_(1 / 255)
         images[lo:lo + step] = img.permute(1, 0, 2, 3)
     return images, labels
 
 
 def _render(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, labels: torch.Tensor) -> torch.Tensor:
     """Images as float [3,B,H,W] (channel-major, a scratch buffer: copy it before the next
-    call) in [0, 1]; the labels are written into ``labels`` [B,H,W] (contiguous)."""
+    call) holding ``255 x + 0.5`` of the image x in [0, 1], not yet clipped; the labels are
+    written into ``labels`` [B,H,W] (contiguous)."""
     B = idx.shape[0]
     slot, colors, classes = _scene(spec, split, idx, H, W)
     cam = _camera(spec, split, idx)
@@ -481,7 +528,7 @@ def _render(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int, lab
     gain = torch.tensor(_TEXTURE_GAIN, device=idx.device)[classes] * spec.texture          # [B,S]
     amp = _workspace("amp", (B, H, W), torch.float32, dev)
     torch.index_select(gain.reshape(-1), 0, flat, out=amp.view(-1))
-    image = _appearance(spec, idx, cam, rgb, amp, H, W)
+    image = _appearance(spec, split, idx, cam, rgb, amp, H, W)
     lut = spec.label_lut().to(idx.device, labels.dtype)[classes]                              # [B,S]
     torch.index_select(lut.reshape(-1), 0, flat, out=labels.view(-1))
     return image
@@ -492,7 +539,7 @@ def _scene(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int):
     [B,S,3] and world class [B,S]."""
     dev = idx.device
     B = idx.shape[0]
-    R = _Rand(spec.seed, split, idx)
+    R = _Rand(spec.seed, split, idx, block=320)      # a scene draws 301 numbers
     aspect = W / H
     ys = ((torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H).view(1, H, 1)
     xs = ((torch.arange(W, device=dev, dtype=torch.float32) + 0.5) / W).view(1, 1, W)
@@ -548,8 +595,11 @@ def _scene(spec: DomainSpec, split: int, idx: torch.Tensor, H: int, W: int):
     floors = 15 + 25 * hash_uniform(spec.seed, split + 11, col(idx))            # window rows per image height
     win_y = (torch.sin((2 * math.pi) * ys * floors) > 0.1).to(u8)
     wall = (_SLOT_FACADE + 2 * facade).to(u8)
-    rows = torch.arange(H, device=dev).view(1, H, 1)
-    built = (rows > torch.floor(y_top * H - 0.5)).to(u8)              # (y + 0.5) / H > y_top
+    # built below the facade top: row y > floor(y_top H - 0.5), i.e. (y + 0.5) / H > y_top; as
+    # integer arithmetic (comparisons producing bool are many times slower on CPU)
+    rows = torch.arange(H, device=dev, dtype=torch.int16).view(1, H, 1)
+    top = torch.floor(y_top * H - 0.5).clamp_(-1, H).to(torch.int16)
+    built = (rows - top).clamp_(0, 1).to(u8)
     slot = (1 - ground) * built * (wall + win_y * win_x) + ground * (1 + (bands & 15))
 
     # --- objects, painted over the background in depth order ---------------------------
@@ -585,31 +635,40 @@ def _shapes(groups):
     return cls, cx, cy, hw, hh, kind, ocol, present, order, rank
 
 
-def _row_runs(kind, ey2, hw, cx, W):
-    """Per shape and pixel row: the columns the shape covers, as ``[lo, hi)`` less a hole
-    ``[hole_lo, hole_hi)`` (empty except for rings). ``ey2`` = ((y - cy) / hh)^2 of the row.
+def _shape_params(cx, cy, hw, hh, kind, H, W):
+    """Per shape, what :func:`_row_runs` needs, stacked on a new first dim: ``1 / (H hh)``,
+    ``(0.5 / H - cy) / hh`` (so that ``ry a + b = ((ry + 0.5) / H - cy) / hh`` on pixel row
+    ``ry``), ``hw W``, ``cx W - 0.5`` (the centre in pixel units), is-ring, is-rectangle."""
+    return torch.stack([1 / (H * hh), (0.5 / H - cy) / hh, hw * W, cx * W - 0.5,
+                        (kind == _SHAPE_RING).to(cx.dtype), (kind == _SHAPE_RECT).to(cx.dtype)])
 
-    A pixel x is covered when ``hin <= |(x + 0.5) / W - cx| < hout``: rectangles have
-    ``hout = hw`` on rows with ey2 < 1, ellipses ``hw sqrt(1 - ey2)``, rings are ellipses
-    less an inner ellipse ``hin = hw sqrt(0.2 - ey2)``. In pixel units, with
-    ``c = cx W - 0.5``, that is ``c - hout W < x < c + hout W`` outside ``|x - c| < hin W``.
+
+def _row_runs(ry, a, b, hw, c, ring, rect):
+    """Per shape and pixel row ``ry`` (float): the columns the shape covers, as ``[lo, hi)``
+    less a hole ``[hole_lo, hole_hi)`` (empty except for rings), four float tensors.
+
+    With ``e = ((y - cy) / hh)^2`` on the row, a pixel x is covered when
+    ``hin <= |(x + 0.5) / W - cx| < hout``: rectangles have ``hout = hw`` on rows with
+    e < 1, ellipses ``hw sqrt(1 - e)``, rings are ellipses less an inner ellipse
+    ``hin = hw sqrt(0.2 - e)``. In pixel units, with ``c = cx W - 0.5``, that is
+    ``c - hout W < x < c + hout W`` outside ``|x - c| < hin W``. The arguments are the
+    rows of :func:`_shape_params`.
     """
-    ell = hw * (1 - ey2).clamp(min=0).sqrt()
-    hout = torch.where(kind == _SHAPE_RECT, torch.where(ey2 < 1, hw, 0.0), ell) * W
-    hin = torch.where(kind == _SHAPE_RING, hw * (0.2 - ey2).clamp(min=0).sqrt(), 0.0) * W
-    c = cx * W - 0.5
-    lo, hi = torch.floor(c - hout) + 1, torch.ceil(c + hout)
-    hole_lo, hole_hi = torch.floor(c - hin) + 1, torch.ceil(c + hin)
-    return lo.long(), hi.long(), hole_lo.long(), hole_hi.long()
+    e = torch.addcmul(b, ry, a).square_()
+    t = (1 - e).clamp_(min=0)
+    hout = t.sqrt()
+    hout = torch.lerp(hout, hout.ceil(), rect).mul_(hw)                 # rectangles: 1 where e < 1
+    hin = (t - 0.8).clamp_(min=0).sqrt_().mul_(ring).mul_(hw)         # sqrt(0.2 - e), rings only
+    return (c - hout).floor_().add_(1), (c + hout).ceil_(), (c - hin).floor_().add_(1), (c + hin).ceil_()
 
 
 def _paint_dense(slot, shapes, H, W):
     """Reference painter: every shape tested at every pixel (O(B*N*H*W)); used by the tests."""
     cls, cx, cy, hw, hh, kind, ocol, present, order, rank = shapes
     dev = slot.device
-    ys = ((torch.arange(H, device=dev, dtype=torch.float32) + 0.5) / H).view(1, 1, H)
-    ey2 = ((ys - cy[..., None]) / hh[..., None]).square()                # [B,N,H]
-    lo, hi, hole_lo, hole_hi = (t[..., None] for t in _row_runs(kind[..., None], ey2, hw[..., None], cx[..., None], W))
+    ry = torch.arange(H, device=dev, dtype=torch.float32)
+    params = _shape_params(cx, cy, hw, hh, kind, H, W)[..., None]                      # [6,B,N,1]
+    lo, hi, hole_lo, hole_hi = (t[..., None] for t in _row_runs(ry, *params))          # [B,N,H,1]
     x = torch.arange(W, device=dev)
     inside = (x >= lo) & (x < hi) & ~((x >= hole_lo) & (x < hole_hi))     # [B,N,H,W]
     inside &= present[..., None, None]
@@ -638,29 +697,32 @@ def _paint(slot, shapes, H, W):
     size = f.new_tensor([W, H])
     lo = (torch.floor((f[:, :2] - f[:, 2:]) * size - 0.5) - 1).clamp(min=0)
     hi = torch.minimum((torch.ceil((f[:, :2] + f[:, 2:]) * size - 0.5) + 1).clamp(min=0), size - 1)
-    lo = torch.minimum(lo, hi).long()
+    lo = torch.minimum(lo, hi)
     lw = torch.ceil(torch.log2(hi[:, 0] - lo[:, 0] + 1)).long()
     lw, by_width = torch.sort(lw, stable=True)
-    bi, f, lo, hi, kind, val = (t[by_width] for t in (bi, f, lo, hi.long(), kind, val))
     run_w = (1 << lw).clamp(max=W)
+    lo, hi = lo[by_width], hi[by_width]
     # runs start where a window of the shape's run width fits inside the image
     xw = torch.minimum(lo[:, 0], W - run_w)
-    kh = hi[:, 1] - lo[:, 1] + 1
+    kh = (hi[:, 1] - lo[:, 1]).long() + 1
+    # per shape: the row parameters, the run's window, and where its first row's run starts
+    g = by_width
+    params = torch.cat([_shape_params(cx[bi, ni][g], cy[bi, ni][g], hw[bi, ni][g], hh[bi, ni][g], kind[g], H, W),
+                        xw[None], run_w[None].to(xw.dtype)])                            # [8,M]
+    first = torch.cumsum(kh, 0) - kh
+    ints = torch.stack([lo[:, 1].long() - first, bi[g] * (H * W) + xw.long()])          # [2,M]
     # one entry per (shape, row of its box), grouped by run width
-    shape = torch.repeat_interleave(torch.arange(kh.numel(), device=dev), kh)
-    ry = lo[shape, 1] + torch.arange(shape.numel(), device=dev) - (torch.cumsum(kh, 0) - kh)[shape]
-    g = f[shape]
-    ey2 = (((ry.float() + 0.5) / H - g[:, 1]) / g[:, 3]).square()
-    row_x, row_w = xw[shape, None], run_w[shape, None]
-    # covered columns [lo, hi) less the hole [hole_lo, hole_hi), relative to the run's start
-    bounds = torch.stack(_row_runs(kind[shape], ey2, g[:, 2], g[:, 0], W), dim=1) - row_x     # [R,4]
-    bounds[:, :2] = bounds[:, :2].clamp(min=0).minimum(row_w)
-    bounds[:, 2:] = bounds[:, 2:].clamp(min=0).minimum(row_w)
-    bounds[:, 1] = bounds[:, 1].maximum(bounds[:, 0])
-    bounds[:, 3] = bounds[:, 3].maximum(bounds[:, 2])
-    v = val[shape, None]
-    events = torch.cat([v, -v, -v, v], dim=1)                                    # uint8: wraps mod 256
-    row_base = bi[shape] * (H * W) + ry * W + xw[shape]
+    shape = torch.repeat_interleave(kh)
+    P, I = params.index_select(1, shape), ints.index_select(1, shape)
+    ry = torch.arange(shape.numel(), device=dev).add_(I[0])
+    bounds = torch.stack(_row_runs(ry.to(P.dtype), *P[:6])).sub_(P[6]).clamp_(min=0)  # [4,R], relative to the run
+    bounds = torch.minimum(bounds, P[7])
+    bounds[1::2] = torch.maximum(bounds[1::2], bounds[0::2])           # empty runs: hi = lo
+    bounds = bounds.t().long()
+    v = val[g].index_select(0, shape)
+    nv = v.neg()
+    events = torch.stack([v, nv, nv, v], dim=1)                        # uint8: -v wraps to 256 - v
+    row_base = ry.mul_(W).add_(I[1])
     widths, n_shapes = torch.unique_consecutive(lw, return_counts=True)
     n_rows = torch.zeros_like(widths).index_add_(0, torch.repeat_interleave(
         torch.arange(widths.numel(), device=dev), n_shapes), kh)
@@ -672,7 +734,7 @@ def _paint(slot, shapes, H, W):
         run = min(1 << l, W)
         acc = torch.zeros(n, run + 1, dtype=torch.uint8, device=dev)
         acc.scatter_add_(1, bounds[r], events[r])
-        values = acc.cumsum(1, dtype=torch.uint8)[:, :run]                       # the slot where covered, else 0
+        values = acc[:, :run].cumsum(1, dtype=torch.uint8)                       # the slot where covered, else 0
         flat = row_base[r, None] + torch.arange(run, device=dev)
         canvas.scatter_reduce_(0, flat.view(-1), values.reshape(-1), reduce="amax")
     return slot
@@ -772,36 +834,33 @@ def _objects(spec, R, B, yh, xv, curve, road_w, side_w, aspect, dev):
 
 
 def _camera(spec: DomainSpec, split: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image camera parameters: light, colour cast, saturation, shadow, noise offset.
+    """Per-image camera parameters: light, colour cast, saturation, light gradient, shadow.
 
     Gain, cast and saturation are linear maps of the colour that commute with the
     per-pixel scalar factors (texture, shading, gradient, shadow) and with the blur, so
     they are applied once to each image's slot colours (``color``, [B,3,3]: a row vector
-    of RGB times this matrix) instead of to every pixel.
+    of RGB times this matrix, which also scales [0, 1] to [0, 255]) instead of to every pixel.
     """
     B = idx.shape[0]
     dev = idx.device
-    R = _Rand(spec.seed + 1000, split, idx)
+    R = _Rand(spec.seed + 1000, split, idx, block=8)
     gain = _lerp(*spec.light, R())
     cam = {"grad": _lerp(-0.15, 0.15, R())}
     cast = 1 + (R(3) - 0.5) * 0.12 * (1 + spec.texture)
     s = spec.saturation
     mix = torch.full((3, 3), (1 - s) / 3, device=dev) + s * torch.eye(3, device=dev)   # x -> grey + s (x - grey)
-    cam["color"] = (gain.view(B, 1, 1) * cast.view(B, 3, 1)) * mix
+    cam["color"] = (gain.view(B, 1, 1) * cast.view(B, 3, 1)) * mix * 255    # images are worked on in 0..255
     if spec.shadows > 0:
         cam["shadow_angle"] = _lerp(-1.0, 1.0, R())
         cam["shadow_offset"] = _lerp(0.2, 0.8, R())
         cam["shadow_depth"] = 0.4 * (R() < spec.shadows).to(torch.float32)
-    cam["noise_y"] = R()
-    cam["noise_x"] = R()
-    cam["texture_y"] = R()
-    cam["texture_x"] = R()
     return cam
 
 
-def _appearance(spec: DomainSpec, idx: torch.Tensor, cam: dict[str, torch.Tensor], rgb: torch.Tensor,
+def _appearance(spec: DomainSpec, split: int, idx: torch.Tensor, cam: dict[str, torch.Tensor], rgb: torch.Tensor,
                 amp: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """Camera colours [3,B,H,W] -> a camera image: texture, light gradient, shadow, blur, noise.
+    """Camera colours [3,B,H,W] (0..255) -> a camera image: texture, light gradient, shadow,
+    blur, noise, plus 0.5 (see :func:`_render`).
 
     ``amp``: texture amplitude per pixel. The per-pixel factors are multiplied into one
     scalar map, applied once to the colours.
@@ -809,11 +868,13 @@ def _appearance(spec: DomainSpec, idx: torch.Tensor, cam: dict[str, torch.Tensor
     B = idx.shape[0]
     dev = idx.device
     if spec.texture > 0:
-        tile = _texture_tile(spec.seed, dev, H, W)
-        oy = (cam["texture_y"] * H).long().tolist()
-        ox = (cam["texture_x"] * W).long().tolist()
-        for b in range(B):
-            amp[b].mul_(tile[oy[b]:oy[b] + H, ox[b]:ox[b] + W])
+        tile, K, Dy = _texture_strip(spec.seed, dev, H, W)
+        Ws = tile.shape[1]
+        starts, ends, first, block = _crop_runs(idx, K)
+        jy = (hash_uniform(spec.seed, split + 20, block) * Dy).long().tolist()
+        jx = (hash_uniform(spec.seed, split + 30, block) * (W + 1)).long().tolist()
+        for s, e, r, y, x in zip(starts, ends, first, jy, jx):
+            amp[s:e].mul_(tile.as_strided((e - s, H, W), (Dy * Ws, Ws, 1), (r * Dy + y) * Ws + x))
         scale = amp.add_(1)
     else:
         scale = torch.ones(B, H, W, device=dev)
@@ -828,14 +889,16 @@ def _appearance(spec: DomainSpec, idx: torch.Tensor, cam: dict[str, torch.Tensor
         scale.addcmul_(scale, sh, value=-1.0)
     img = _gaussian_blur(rgb.mul_(scale), spec.blur * H / 256.0)
     if spec.noise > 0 and B:
-        # sensor noise: a fixed tile of hashed noise, read at a per-image random offset
-        tile = _noise_tile(dev, H, W)
-        T = tile.shape[1] - H
-        oy = (cam["noise_y"] * T).long().tolist()
-        ox = (cam["noise_x"] * T).long().tolist()
-        for b in range(B):
-            img[:, b].add_(tile[:, oy[b]:oy[b] + H, ox[b]:ox[b] + W], alpha=spec.noise)
-    return img.clamp_(0, 1)
+        # sensor noise: windows of a fixed strip of hashed noise (see _noise_strip), which
+        # also adds the 0.5
+        strip, K, Ws, Q = _noise_strip(dev, H, W, 255 * spec.noise)
+        starts, ends, first, block = _crop_runs(idx, K)
+        j = (hash_uniform(spec.seed + 1000, split, block) * (3 * Q)).long().tolist()
+        for s, e, r, o in zip(starts, ends, first, j):
+            img[:, s:e].add_(strip.as_strided((3, e - s, H, W), (Q, 3 * Q, Ws, 1), o + 3 * r * Q))
+    else:
+        img.add_(0.5)
+    return img
 
 
 # ----------------------------------------------------------------------------------
@@ -855,7 +918,7 @@ class ToyWorld(Dataset):
     waits for CPU-side data loading; ``"auto"`` picks CUDA when available.
     """
 
-    CHUNK = 128
+    CHUNK = 256
 
     def __init__(self, domain: str | DomainSpec = "synthetic", split: str = "train", size: tuple[int, int] = (64, 128),
                  length: int | None = None, transform: Callable | None = None, cache: bool = True,
