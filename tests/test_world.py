@@ -14,6 +14,20 @@ def test_deterministic_and_batch_independent():
     assert torch.equal(a_img[0], c_img[0])
 
 
+
+def test_runs_of_consecutive_indices_equal_single_renders():
+    # texture and noise crops of a run of consecutive indices are read as one strided view,
+    # split where the run crosses a crop block (64 images here): every image must still be
+    # what it is alone or in any other batch
+    idx = list(range(120, 140))
+    img, lab = W.render_uint8("city_b", idx, size=(32, 64))
+    perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0)).tolist()
+    img2, lab2 = W.render_uint8("city_b", [idx[p] for p in perm], size=(32, 64))
+    assert torch.equal(img2, img[perm]) and torch.equal(lab2, lab[perm])
+    one, _ = W.render_uint8("city_b", [127], size=(32, 64))
+    assert torch.equal(one[0], img[7])
+    assert W._crop_block(32, 64) == 64                # so the run above crosses a block at 128
+
 def test_indices_differ_and_domains_differ():
     img, lab = render("synthetic", [0, 1], size=(32, 64))
     assert not torch.equal(img[0], img[1])
