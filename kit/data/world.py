@@ -319,14 +319,15 @@ def _crop_runs(idx: torch.Tensor, K: int) -> tuple[list[int], list[int], list[in
     return starts, starts[1:] + [B], (idx[first] - q[first] * K).tolist(), q[first]
 
 
-_TEXTURES: dict[tuple, tuple[torch.Tensor, int, int]] = {}
+_TEXTURES: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
-def _texture_strip(seed: int, device: torch.device, H: int, W: int) -> tuple[torch.Tensor, int, int]:
+def _texture_strip(seed: int, device: torch.device, H: int, W: int) -> tuple[torch.Tensor, int]:
     """Smooth value noise in [-1, 1] on a strip [(K + 1) Dy + H, 2W], Dy = ceil(H / 3): the
     mean of a coarse grid (cells of at most H/6 x W/12 pixels) and a fine one (H/24 x W/48),
-    hashed from ``seed`` and upsampled bilinearly. In a block of K images, image i reads the
-    H x W crop ``(i mod K) Dy`` rows below the block's own hashed offset."""
+    hashed from ``seed`` and upsampled bilinearly. In a block of K = :func:`_crop_block`
+    images, image i reads the H x W crop ``(i mod K) Dy`` rows below the block's own hashed
+    offset. Returns the strip and Dy."""
     key = (seed, str(device), H, W)
     if key not in _TEXTURES:
         K, Dy = _crop_block(H, W), -(-H // 3)
@@ -343,22 +344,23 @@ def _texture_strip(seed: int, device: torch.device, H: int, W: int) -> tuple[tor
         tile = F.interpolate((coarse + fine) * 0.5, size=(rows, 2 * W), mode="bilinear", align_corners=True)
         if len(_TEXTURES) >= 8:     # one per domain at one size; about 28 MB each at 1024x2048
             _TEXTURES.pop(next(iter(_TEXTURES)))
-        _TEXTURES[key] = (tile[0, 0].contiguous(), K, Dy)
+        _TEXTURES[key] = (tile[0, 0].contiguous(), Dy)
     return _TEXTURES[key]
 
 
-_TILES: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}
-_SCALED_TILES: dict[tuple, tuple[torch.Tensor, int, int, int]] = {}
+_TILES: dict[tuple, tuple[torch.Tensor, int, int]] = {}
+_SCALED_TILES: dict[tuple, tuple[torch.Tensor, int, int]] = {}
 
 
-def _noise_strip(device: torch.device, H: int, W: int, amplitude: float) -> tuple[torch.Tensor, int, int, int]:
+def _noise_strip(device: torch.device, H: int, W: int, amplitude: float) -> tuple[torch.Tensor, int, int]:
     """Noise of standard deviation ``amplitude`` plus 0.5 (the rounding offset of
     :func:`_render`), independent per element (triangular distribution), on a flat strip.
 
     A noise plane is an H x W window with row stride ``Ws = W + 13``; the planes of a block
-    of K images (3 per image, one per channel) follow each other at a step
-    ``Q = 37 Ws + 211`` elements (about 37 rows: planes overlap only shifted, never pixel
-    on pixel), after the block's own hashed offset below ``3 Q``."""
+    of K = :func:`_crop_block` images (3 per image, one per channel) follow each other at a
+    step ``Q = 37 Ws + 211`` elements (about 37 rows: planes overlap only shifted, never
+    pixel on pixel), after the block's own hashed offset below ``3 Q``. Returns the strip,
+    Ws and Q."""
     key = (str(device), H, W)
     skey = key + (amplitude,)
     if skey in _SCALED_TILES:
@@ -370,11 +372,11 @@ def _noise_strip(device: torch.device, H: int, W: int, amplitude: float) -> tupl
         u = hash_uniform(7919, k) + hash_uniform(104729, k) - 1.0
         if len(_TILES) >= 4:
             _TILES.pop(next(iter(_TILES)))
-        _TILES[key] = (u.mul_(math.sqrt(6.0)), K, Ws, Q)                 # var(u1 + u2 - 1) = 1/6
-    unit, K, Ws, Q = _TILES[key]
+        _TILES[key] = (u.mul_(math.sqrt(6.0)), Ws, Q)                 # var(u1 + u2 - 1) = 1/6
+    unit, Ws, Q = _TILES[key]
     if len(_SCALED_TILES) >= 8:     # one per domain at one size: about 5 MB each
         _SCALED_TILES.pop(next(iter(_SCALED_TILES)))
-    _SCALED_TILES[skey] = (unit * amplitude + 0.5, K, Ws, Q)
+    _SCALED_TILES[skey] = (unit * amplitude + 0.5, Ws, Q)
     return _SCALED_TILES[skey]
 
 
@@ -701,16 +703,14 @@ def _paint(slot, shapes, H, W):
     lw = torch.ceil(torch.log2(hi[:, 0] - lo[:, 0] + 1)).long()
     lw, by_width = torch.sort(lw, stable=True)
     run_w = (1 << lw).clamp(max=W)
-    lo, hi = lo[by_width], hi[by_width]
+    bi, f, kind, val, lo, hi = (t[by_width] for t in (bi, f, kind, val, lo, hi))
     # runs start where a window of the shape's run width fits inside the image
     xw = torch.minimum(lo[:, 0], W - run_w)
     kh = (hi[:, 1] - lo[:, 1]).long() + 1
     # per shape: the row parameters, the run's window, and where its first row's run starts
-    g = by_width
-    params = torch.cat([_shape_params(cx[bi, ni][g], cy[bi, ni][g], hw[bi, ni][g], hh[bi, ni][g], kind[g], H, W),
-                        xw[None], run_w[None].to(xw.dtype)])                            # [8,M]
+    params = torch.cat([_shape_params(*f.unbind(1), kind, H, W), xw[None], run_w[None].to(xw.dtype)])   # [8,M]
     first = torch.cumsum(kh, 0) - kh
-    ints = torch.stack([lo[:, 1].long() - first, bi[g] * (H * W) + xw.long()])          # [2,M]
+    ints = torch.stack([lo[:, 1].long() - first, bi * (H * W) + xw.long()])             # [2,M]
     # one entry per (shape, row of its box), grouped by run width
     shape = torch.repeat_interleave(kh)
     P, I = params.index_select(1, shape), ints.index_select(1, shape)
@@ -719,7 +719,7 @@ def _paint(slot, shapes, H, W):
     bounds = torch.minimum(bounds, P[7])
     bounds[1::2] = torch.maximum(bounds[1::2], bounds[0::2])           # empty runs: hi = lo
     bounds = bounds.t().long()
-    v = val[g].index_select(0, shape)
+    v = val.index_select(0, shape)
     nv = v.neg()
     events = torch.stack([v, nv, nv, v], dim=1)                        # uint8: -v wraps to 256 - v
     row_base = ry.mul_(W).add_(I[1])
@@ -867,17 +867,15 @@ def _appearance(spec: DomainSpec, split: int, idx: torch.Tensor, cam: dict[str, 
     """
     B = idx.shape[0]
     dev = idx.device
+    starts, ends, first, block = _crop_runs(idx, _crop_block(H, W))      # texture and noise crops, per run
     if spec.texture > 0:
-        tile, K, Dy = _texture_strip(spec.seed, dev, H, W)
+        tile, Dy = _texture_strip(spec.seed, dev, H, W)
         Ws = tile.shape[1]
-        starts, ends, first, block = _crop_runs(idx, K)
         jy = (hash_uniform(spec.seed, split + 20, block) * Dy).long().tolist()
         jx = (hash_uniform(spec.seed, split + 30, block) * (W + 1)).long().tolist()
         for s, e, r, y, x in zip(starts, ends, first, jy, jx):
             amp[s:e].mul_(tile.as_strided((e - s, H, W), (Dy * Ws, Ws, 1), (r * Dy + y) * Ws + x))
-        scale = amp.add_(1)
-    else:
-        scale = torch.ones(B, H, W, device=dev)
+    scale = amp.add_(1)                             # amp is 0 without texture
     ys = torch.linspace(0, 1, H, device=dev).view(1, H, 1)
     scale.mul_(1 + cam["grad"].view(B, 1, 1) * (ys - 0.5))             # vertical light gradient
     if spec.shadows > 0:
@@ -891,8 +889,7 @@ def _appearance(spec: DomainSpec, split: int, idx: torch.Tensor, cam: dict[str, 
     if spec.noise > 0 and B:
         # sensor noise: windows of a fixed strip of hashed noise (see _noise_strip), which
         # also adds the 0.5
-        strip, K, Ws, Q = _noise_strip(dev, H, W, 255 * spec.noise)
-        starts, ends, first, block = _crop_runs(idx, K)
+        strip, Ws, Q = _noise_strip(dev, H, W, 255 * spec.noise)
         j = (hash_uniform(spec.seed + 1000, split, block) * (3 * Q)).long().tolist()
         for s, e, r, o in zip(starts, ends, first, j):
             img[:, s:e].add_(strip.as_strided((3, e - s, H, W), (Q, 3 * Q, Ws, 1), o + 3 * r * Q))
