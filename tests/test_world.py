@@ -156,7 +156,12 @@ def test_uint8_path_is_the_quantized_float_path(monkeypatch):
     img, lab = render("real", range(40, 60), size=(48, 80))
     q, ql = W.render_uint8("real", range(40, 60), size=(48, 80))
     assert q.dtype == torch.uint8 and ql.dtype == torch.uint8 and q.is_contiguous()
-    assert torch.equal(q, (img * 255).round().to(torch.uint8)) and torch.equal(ql.long(), lab)
+    # The float path divides by 255 and multiplies back: a value within a float ulp of a
+    # half level can round either way depending on the CPU's vector kernels (one pixel in
+    # 230k does on an AVX-512 Ice Lake), so allow one level on a vanishing share of pixels.
+    diff = (q.int() - (img * 255).round().int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-4
+    assert torch.equal(ql.long(), lab)
     # internal chunking (bounded working set) does not change any image
     monkeypatch.setattr(W, "_CHUNK_PIXELS", 48 * 80 * 3)
     q2, ql2 = W.render_uint8("real", range(40, 60), size=(48, 80))

@@ -1,0 +1,216 @@
+"""DAS3 losses (source-free: entropy, diversity, pseudo-labels)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..data.labels import IGNORE_INDEX
+from .common import upsample
+
+# ==================================================================================
+# DAS3 -- Wang, Liang, Zhang, "Give Me Your Trained Model: Domain Adaptive Semantic
+# Segmentation without Source Data", arXiv 2106.11653 (2021). Source-free: every loss
+# below sees only target predictions.
+#
+# Entropies are *normalized*: H = -sum_c p_c log p_c / log C, in [0, 1], so gamma and
+# alpha mean the same thing for any number of classes. Entropy terms work at the
+# resolution of the logits they are given (no labels are involved).
+# ==================================================================================
+__all__ = ["normalized_entropy", "entropy_loss", "focal_entropic_loss", "weighted_diversity_loss",
+            "negative_labels", "negative_pseudo_label_loss", "classwise_thresholds", "global_threshold",
+            "positive_pseudo_labels"]
+
+
+def _check_logits(logits: torch.Tensor, who: str) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+        raise ValueError(f"{who} expects logits [B,C,h,w], got "
+                         f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"{who} needs at least 2 classes, got C={logits.shape[1]}")
+
+
+def normalized_entropy(prob: torch.Tensor, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """Normalized Shannon entropy of probabilities along ``dim``: [B,C,H,W] -> [B,H,W] in [0, 1].
+
+    0 for a one-hot prediction, 1 for the uniform one (divided by log C).
+
+    >>> p = torch.tensor([[1.0, 0.0], [0.5, 0.5]]).T.reshape(1, 2, 1, 2)
+    >>> normalized_entropy(p).flatten().tolist()
+    [0.0, 1.0]
+    """
+    c = prob.shape[dim]
+    if c < 2:
+        raise ValueError(f"entropy needs at least 2 classes along dim {dim}, got {c}")
+    prob = prob.float()
+    return -(prob * torch.log(prob.clamp_min(eps))).sum(dim) / math.log(c) + 0.0  # + 0.0: no "-0.0"
+
+
+def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Plain entropy minimization (ADVENT-style), the baseline of DAS3's focal entropic loss:
+    the mean normalized entropy of the softmax of ``logits`` [B,C,h,w]. Equals
+    :func:`focal_entropic_loss` with ``gamma=0``.
+
+    >>> round(float(entropy_loss(torch.zeros(1, 4, 2, 2))), 4)  # uniform prediction
+    1.0
+    """
+    _check_logits(logits, "entropy_loss")
+    return normalized_entropy(F.softmax(logits.float(), 1)).mean()
+
+
+def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H``.
+
+    ``H`` is the normalized entropy of each pixel's softmax. The factor ``(1 - H)^gamma``
+    down-weights uncertain pixels, so confident pixels lead the alignment (like the focal
+    loss down-weights easy examples, but in the opposite direction). The term is 0 at
+    H = 0 and at H = 1 and peaks at H = 1 / (1 + gamma); ``gamma = 0`` is plain entropy
+    minimization. ``logits`` [B,C,h,w] -> scalar.
+
+    >>> round(float(focal_entropic_loss(torch.zeros(1, 4, 2, 2), gamma=5.0)), 6)  # H = 1
+    0.0
+    >>> l = torch.tensor([2.0, 0.0]).view(1, 2, 1, 1)   # p = (0.881, 0.119), H = 0.527
+    >>> round(float(focal_entropic_loss(l, gamma=1.0)), 4)
+    0.2493
+    """
+    _check_logits(logits, "focal_entropic_loss")
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    h = normalized_entropy(F.softmax(logits.float(), 1)).clamp(0.0, 1.0)
+    return ((1.0 - h).pow(gamma) * h).mean()
+
+
+def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float = 1e-12) -> torch.Tensor:
+    """DAS3's weighted diversity loss: minus the entropy (nats) of the confidence-weighted
+    batch-mean prediction.
+
+    ``p_bar_c = sum_i w_i p_ic / sum_i w_i`` over every pixel ``i`` of the batch, with
+    weights ``w_i = exp(-alpha * H_i)`` computed from the normalized entropy and *detached*
+    (they select pixels, they are not optimized). The loss is ``sum_c p_bar_c log p_bar_c``
+    (in [-log C, 0]); minimizing it spreads the predicted class distribution and keeps the
+    entropy term from collapsing every pixel onto a few easy classes. ``alpha = 0`` is the
+    unweighted diversity term of SHOT. ``logits`` [B,C,h,w] -> scalar.
+
+    >>> l = torch.tensor([[2.0, 0.0], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # two mirrored pixels
+    >>> round(float(weighted_diversity_loss(l, alpha=3.0)), 4)  # p_bar = (0.5, 0.5): -log 2
+    -0.6931
+    """
+    _check_logits(logits, "weighted_diversity_loss")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    prob = F.softmax(logits.float(), 1)
+    w = torch.exp(-alpha * normalized_entropy(prob)).detach()           # [B,h,w]
+    p_bar = (prob * w[:, None]).sum((0, 2, 3)) / w.sum().clamp_min(eps)  # [C]
+    return (p_bar * torch.log(p_bar.clamp_min(eps))).sum()
+
+
+def negative_labels(prob: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """Negative pseudo-labels: the bool mask [B,C,H,W] of the classes whose probability is
+    below ``threshold`` ("this pixel is *not* class c"); the complement of a positive label.
+
+    >>> negative_labels(torch.tensor([0.9, 0.08, 0.02]).view(1, 3, 1, 1), 0.05).flatten().tolist()
+    [False, False, True]
+    """
+    if prob.dim() != 4:
+        raise ValueError(f"negative_labels expects probabilities [B,C,H,W], got shape {tuple(prob.shape)}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"the negative threshold must be in (0, 1), got {threshold}")
+    return prob < threshold
+
+
+def negative_pseudo_label_loss(logits: torch.Tensor, neg_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """DAS3's negative learning term: ``-log(1 - p_c)`` averaged over the (pixel, class)
+    entries marked negative in ``neg_mask`` (bool [B,C,H,W], e.g. from
+    :func:`negative_labels`). Each class is a separate binary decision (multi-label style),
+    so the loss pushes the listed classes down without saying which class is right.
+    ``logits`` [B,C,h,w] are upsampled to the mask size. No negative entry -> 0 (with a
+    gradient path).
+
+    >>> l = torch.log(torch.tensor([0.5, 0.25, 0.25])).view(1, 3, 1, 1)
+    >>> m = torch.tensor([False, True, True]).view(1, 3, 1, 1)
+    >>> round(float(negative_pseudo_label_loss(l, m)), 4)   # -log(0.75)
+    0.2877
+    """
+    _check_logits(logits, "negative_pseudo_label_loss")
+    if neg_mask.dtype != torch.bool or neg_mask.dim() != 4 or neg_mask.shape[:2] != logits.shape[:2]:
+        raise ValueError(f"neg_mask must be bool [B,C,H,W] with B,C = {tuple(logits.shape[:2])}, got "
+                         f"{neg_mask.dtype} {tuple(neg_mask.shape)}")
+    prob = F.softmax(upsample(logits.float(), neg_mask.shape[-2:]), 1)
+    n = neg_mask.sum()
+    if not bool(n > 0):
+        return prob.sum() * 0.0
+    # a dense masked sum: several times faster than gathering prob[neg_mask] (and its backward)
+    return -(torch.log((1.0 - prob).clamp_min(eps)) * neg_mask).sum() / n
+
+
+def classwise_thresholds(confidence: torch.Tensor, pred: torch.Tensor, num_classes: int,
+                         top_k: float = 0.5) -> torch.Tensor:
+    """Class-wise confidence thresholds for positive pseudo-labels (CBST-style top-K).
+
+    For each class ``c``, take the confidences (max softmax probability) of the pixels
+    *predicted* as ``c`` and set ``thr_c`` to the ``ceil(top_k * n_c)``-th largest: the
+    ``top_k`` most confident share of each class passes, so a rare, hard class gets labels
+    even if all its confidences are lower than those of an easy class. At least one pixel
+    per predicted class passes (its most confident one). Classes never predicted get
+    ``inf`` (no labels). ``confidence`` float and ``pred`` int64 of the same shape (any);
+    returns float [num_classes].
+
+    >>> conf = torch.tensor([0.99, 0.98, 0.97, 0.96, 0.40, 0.30])
+    >>> pred = torch.tensor([0, 0, 0, 0, 1, 1])
+    >>> classwise_thresholds(conf, pred, 3, top_k=0.5).tolist()
+    [0.9800000190734863, 0.4000000059604645, inf]
+    """
+    if confidence.shape != pred.shape:
+        raise ValueError(f"confidence and pred must have the same shape, got {tuple(confidence.shape)} "
+                         f"and {tuple(pred.shape)}")
+    if not 0.0 < top_k <= 1.0:
+        raise ValueError(f"top_k must be a proportion in (0, 1], got {top_k}")
+    conf, pred = confidence.flatten().float(), pred.flatten()
+    thr = torch.full((num_classes,), float("inf"))
+    for c in range(num_classes):
+        v = conf[pred == c]
+        if v.numel():
+            k = max(1, math.ceil(top_k * v.numel()))
+            thr[c] = torch.topk(v, k).values[-1]
+    return thr
+
+
+def global_threshold(confidence: torch.Tensor, top_k: float = 0.5) -> float:
+    """One confidence threshold for all classes: the ``ceil(top_k * n)``-th largest
+    confidence over all pixels (the ablation of :func:`classwise_thresholds`; the same
+    share of pixels passes, but dominated by the easy, confident classes).
+
+    >>> global_threshold(torch.tensor([0.99, 0.98, 0.97, 0.96, 0.40, 0.30]), top_k=0.5)
+    0.9700000286102295
+    """
+    if not 0.0 < top_k <= 1.0:
+        raise ValueError(f"top_k must be a proportion in (0, 1], got {top_k}")
+    v = confidence.flatten().float()
+    if v.numel() == 0:
+        raise ValueError("global_threshold needs at least one confidence value")
+    return float(torch.topk(v, max(1, math.ceil(top_k * v.numel()))).values[-1])
+
+
+def positive_pseudo_labels(prob: torch.Tensor, thresholds: torch.Tensor | float,
+                           ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Positive pseudo-labels from probabilities [B,C,H,W]: the argmax class where its
+    probability reaches the threshold of that class (a tensor [C] from
+    :func:`classwise_thresholds`, or one float), ``ignore_index`` elsewhere -> int64 [B,H,W].
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.6, 0.4]]).T.reshape(1, 2, 1, 2)
+    >>> positive_pseudo_labels(p, torch.tensor([0.95, 0.5])).tolist()  # 0.9 < 0.95, 0.6 < 0.95
+    [[[255, 255]]]
+    >>> positive_pseudo_labels(p, 0.8).tolist()
+    [[[0, 255]]]
+    """
+    if prob.dim() != 4:
+        raise ValueError(f"positive_pseudo_labels expects probabilities [B,C,H,W], got shape {tuple(prob.shape)}")
+    conf, pred = prob.max(1)
+    if isinstance(thresholds, torch.Tensor):
+        if thresholds.numel() != prob.shape[1]:
+            raise ValueError(f"need one threshold per class ({prob.shape[1]}), got {thresholds.numel()}")
+        thr = thresholds.to(prob.device, torch.float32)[pred]
+    else:
+        thr = torch.full_like(conf, float(thresholds), dtype=torch.float32)
+    return torch.where(conf.float() >= thr, pred, torch.full_like(pred, ignore_index))
