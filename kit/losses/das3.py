@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.labels import IGNORE_INDEX
-from .common import upsample
+from .common import check_labels, upsample
 
 # ==================================================================================
 # DAS3 -- Wang, Liang, Zhang, "Give Me Your Trained Model: Domain Adaptive Semantic
@@ -18,9 +18,9 @@ from .common import upsample
 # alpha mean the same thing for any number of classes. Entropy terms work at the
 # resolution of the logits they are given (no labels are involved).
 # ==================================================================================
-__all__ = ["normalized_entropy", "entropy_loss", "focal_entropic_loss", "weighted_diversity_loss",
-            "negative_labels", "negative_pseudo_label_loss", "classwise_thresholds", "global_threshold",
-            "positive_pseudo_labels"]
+__all__ = ["normalized_entropy", "entropy_loss", "focal_entropic_loss", "FOCAL_GRAD_MODES",
+           "weighted_diversity_loss", "negative_labels", "negative_pseudo_label_loss", "classwise_thresholds",
+           "global_threshold", "positive_pseudo_labels", "confident_pixel_share", "pixel_weighted_seg_loss"]
 
 
 def _check_logits(logits: torch.Tensor, who: str) -> None:
@@ -59,14 +59,30 @@ def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     return normalized_entropy(F.softmax(logits.float(), 1)).mean()
 
 
-def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H``.
+#: the two readings of the focal factor in :func:`focal_entropic_loss`
+FOCAL_GRAD_MODES = ("detached", "through")
 
-    ``H`` is the normalized entropy of each pixel's softmax. The factor ``(1 - H)^gamma``
-    down-weights uncertain pixels, so confident pixels lead the alignment (like the focal
-    loss down-weights easy examples, but in the opposite direction). The term is 0 at
-    H = 0 and at H = 1 and peaks at H = 1 / (1 + gamma); ``gamma = 0`` is plain entropy
-    minimization. ``logits`` [B,C,h,w] -> scalar.
+
+def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: str = "detached") -> torch.Tensor:
+    """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H`` [DAS3 stage 1].
+
+    ``H`` is the normalized entropy of each pixel's softmax; ``logits`` [B,C,h,w] -> scalar.
+    ``gamma = 0`` is plain entropy minimization. The *value* is the same in both modes;
+    they differ in what the gradient does with the focal factor ``(1 - H)^gamma``:
+
+    * ``focal_grad="detached"`` (default): the factor is a per-pixel **weight**
+      (stop-gradient), so ``d loss / d H_i = (1 - H_i)^gamma / N >= 0``: minimizing lowers
+      the entropy of *every* pixel, confident pixels fastest, uncertain ones slowly. This
+      is the paper's stated motivation (the factor "down-weights" uncertain pixels so that
+      confident ones lead the alignment) and the sense of a focal loss in Lin et al.,
+      where ``(1 - p_t)^gamma`` re-weights a loss whose minimization always moves the
+      example the same way.
+    * ``focal_grad="through"``: the factor is part of the objective. ``(1 - H)^gamma H``
+      is not monotone in ``H``: it peaks at ``H = 1 / (1 + gamma)`` (1/6 at gamma = 5), and
+      ``d/dH = (1 - H)^(gamma - 1) (1 - (1 + gamma) H)`` is *negative* above the peak, so
+      minimizing pushes the uncertain pixels (``H > 1/(1 + gamma)``) towards *higher*
+      entropy (towards the uniform prediction, where the term is 0 again), not towards
+      being "left alone". Kept as an ablation.
 
     >>> round(float(focal_entropic_loss(torch.zeros(1, 4, 2, 2), gamma=5.0)), 6)  # H = 1
     0.0
@@ -77,8 +93,13 @@ def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0) -> torch.Tenso
     _check_logits(logits, "focal_entropic_loss")
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if focal_grad not in FOCAL_GRAD_MODES:
+        raise ValueError(f"focal_grad must be one of {FOCAL_GRAD_MODES}, got {focal_grad!r}")
     h = normalized_entropy(F.softmax(logits.float(), 1)).clamp(0.0, 1.0)
-    return ((1.0 - h).pow(gamma) * h).mean()
+    factor = (1.0 - h).pow(gamma)
+    if focal_grad == "detached":
+        factor = factor.detach()                 # a weight: confident pixels lead
+    return (factor * h).mean()
 
 
 def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float = 1e-12) -> torch.Tensor:
@@ -214,3 +235,46 @@ def positive_pseudo_labels(prob: torch.Tensor, thresholds: torch.Tensor | float,
     else:
         thr = torch.full_like(conf, float(thresholds), dtype=torch.float32)
     return torch.where(conf.float() >= thr, pred, torch.full_like(pred, ignore_index))
+
+
+# ----------------------------------------------------------------------------------
+# Stage 3 as in the authors' later code (ATP, DACS-style self-training)
+# ----------------------------------------------------------------------------------
+def confident_pixel_share(prob: torch.Tensor, threshold: float = 0.968) -> torch.Tensor:
+    """DACS-style pseudo-label weight: the share of *all* pixels of the batch whose
+    confidence ``max_c p_c`` reaches ``threshold`` -> a 0-dim float tensor in [0, 1].
+
+    One number per batch, not per pixel: the loss on the pseudo-labelled pixels is scaled
+    by how much of the batch the teacher is sure about. ``prob`` [B,C,H,W].
+
+    >>> p = torch.tensor([[0.99, 0.01], [0.6, 0.4], [0.97, 0.03], [0.5, 0.5]]).T.reshape(1, 2, 2, 2)
+    >>> float(confident_pixel_share(p, 0.968))   # 0.99 and 0.97 pass
+    0.5
+    """
+    if prob.dim() != 4:
+        raise ValueError(f"confident_pixel_share expects probabilities [B,C,H,W], got shape {tuple(prob.shape)}")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"the confidence threshold must be in (0, 1], got {threshold}")
+    return (prob.max(1).values >= threshold).float().mean()
+
+
+def pixel_weighted_seg_loss(logits: torch.Tensor, labels: torch.Tensor, pixel_weight: torch.Tensor,
+                            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy weighted per pixel: ``sum_i w_i CE_i / #valid`` over the pixels whose
+    label is not ``ignore_index`` (the DACS / DAFormer weighted pseudo-label loss; with all
+    weights 1 it is :func:`kit.losses.seg_loss`). ``logits`` [B,C,h,w] are upsampled to the
+    label size; ``labels`` int64 [B,H,W]; ``pixel_weight`` float [B,H,W] (not differentiated).
+
+    >>> l = torch.zeros(1, 2, 1, 2); y = torch.tensor([[[0, 1]]])
+    >>> round(float(pixel_weighted_seg_loss(l, y, torch.tensor([[[1.0, 0.0]]]))), 4)  # log(2) / 2
+    0.3466
+    """
+    check_labels(labels, logits.shape[1], ignore_index)
+    if pixel_weight.shape != labels.shape:
+        raise ValueError(f"pixel_weight must have the labels' shape {tuple(labels.shape)}, got {tuple(pixel_weight.shape)}")
+    logits = upsample(logits, labels.shape[-2:]).float()
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")   # 0 where ignored
+    return (ce * pixel_weight.detach().float()).sum() / valid.sum()
