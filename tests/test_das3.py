@@ -237,6 +237,10 @@ def test_bad_config_values_fail_clearly(tiny):
         das3.stage2_self_train(model, target, dict(cfg, threshold_mode="median"))
     with pytest.raises(ValueError, match="easy_ratio"):
         das3.stage3_propagate(model, target, dict(cfg, easy_ratio=1.5))
+    with pytest.raises(ValueError, match="focal_grad"):
+        das3.stage1_align(model, target, dict(cfg, focal_grad="weight"))
+    with pytest.raises(ValueError, match="stage3"):
+        das3.stage3_propagate(model, target, dict(cfg, stage3="official"))
 
 
 # ---------------------------------------------------------------------------------- paper profile
