@@ -7,33 +7,54 @@ Uncertainty for Domain Adaptive Semantic Segmentation", CVPR 2022 (arXiv 2111.12
 ``2k+1`` around it (clipped to the image). With class probabilities ``P`` [B,C,H,W] and the
 predicted class ``Y^ = argmax_c P``:
 
-* region impurity (Eq. 2)  ``RI(i,j) = - sum_c h_c log h_c``, ``h_c = |{q in N_k : Y^_q = c}| / |N_k|``
-  (the entropy, in nats, of the predicted-class histogram of the region);
-* prediction uncertainty (Eq. 3) ``PU(i,j) = 1/|N_k| sum_{q in N_k} H(P_q) / log C``
-  (the mean normalized pixel entropy of the region);
-* the acquisition score (Eq. 4) ``A = RI * PU``.
+* region impurity [RIPU Eq. 2]  ``RI(i,j) = - sum_c h_c log h_c``, ``h_c = |{q in N_k : Y^_q = c}| / |N_k|``
+  (the entropy of the predicted-class histogram of the region). The paper's Eq. 2 is in nats;
+  the official code divides it by ``log C`` (``normalize=True``, the default here); the ranking
+  is the same either way;
+* prediction uncertainty [RIPU Eq. 3] ``PU(i,j) = 1/|N_k| sum_{q in N_k} H(P_q) / log C`` with
+  ``H(P_q) = -sum_c P_q^c log(P_q^c + 1e-6)`` (the official code's epsilon);
+* the acquisition score [RIPU Eq. 4] ``A = RI * PU``.
 
 Windows are all-ones convolutions with zero padding; ``|N_k|`` counts the in-image pixels
 of the window (so border regions are averages over real pixels, as in the official code).
+One deliberate difference: the impurity uses ``0 log 0 = 0`` exactly (the official code writes
+``h log(h + 1e-6)``, which makes a pure region's impurity about ``-1e-6`` instead of 0).
+
+**Pixel-based annotating (PA)** is scored differently in the official code
+(:func:`pixel_scores`): ``A = H(P_q) * RI_K(q)`` -- the pixel's own entropy (nats, not
+normalized, not window-averaged) times the impurity (nats) of the ``(2K+1)^2`` window around it,
+``K = 32`` in the paper (the same radius as the PA suppression window).
 
 **Greedy selection (the reference semantics).** Given a score map S [H,W] and ``n`` picks:
-repeat ``n`` times: take ``argmax S`` over the flattened map (ties -> the *first* index in
-row-major order, as ``torch.argmax``/``np.argmax``); stop if that maximum is ``-inf``;
-record the pick; set S to ``-inf`` on the pick's suppression window (side ``2r+1``,
-clipped). Region-based annotating (RA) labels the ``(2k+1)^2`` region of each pick and
-suppresses ``r = 2k`` (a ``(4k+1)^2`` window, so regions never overlap); pixel-based
-annotating (PA) labels the centre pixel only and suppresses ``r = 32`` (65x65) in the paper.
-Pixels labelled in earlier rounds are set to ``-inf`` before a round starts.
+repeat ``n`` times: take the maximum of S, stop if it is ``-inf``; record the pick; set S to
+``-inf`` on the pick's suppression window (side ``2r+1``, clipped). Region-based annotating
+(RA) labels the ``(2k+1)^2`` region of each pick and suppresses ``r = 2k`` (a ``(4k+1)^2``
+window, so regions never overlap); PA labels the centre pixel only and suppresses ``r = 32``
+(65x65) in the paper.
 
-:func:`greedy_select_reference` is that loop, one full-map argmax per pick (what the
-official code does; ~1000 argmaxes per image per round at 2.2%). :func:`greedy_select` is
+*Ties* (``tie_order``). The official code finds the maximum with ``torch.max(S, dim=0)`` (the
+maximum of every column and the first row reaching it) and then ``torch.max`` over that row
+vector (the first column holding the global maximum). So on ties the **lowest column** wins,
+and within it the lowest row: the first maximum in *column-major* order
+(``tie_order="column"``, the default). ``tie_order="row"`` is the first maximum in row-major
+order (``torch.argmax`` of the flattened map; this kit's behaviour before it followed the
+official order).
+
+*Persistence across rounds* (``persist_suppression``). The official code keeps a per-image
+"active" indicator: every pixel that was ever inside a suppression window is ``-inf`` at the
+start of every later round, not only the labelled pixels (``persist_suppression=True``, the
+default). ``False``: only labelled pixels are excluded in later rounds.
+
+:func:`greedy_select_reference` is that loop, one full-map maximum per pick (what the
+official code does; ~1000 maxima per image per round at 2.2%). :func:`greedy_select` is
 *exactly* equivalent but fast: the greedy order is the order of the candidates sorted by
-(score descending, index ascending) with every candidate that lies within ``r`` (Chebyshev
-distance) of an earlier *accepted* candidate skipped. So: find a threshold that keeps a few
-times ``n`` candidates (one pass over the map), sort only those (stable, so ties keep the
-row-major order), and scan them with an occupancy grid; if the scan runs out before ``n``
-picks, lower the threshold and continue where it stopped. Tests check identity with the
-reference on random maps with many ties.
+(score descending, index ascending in the tie order) with every candidate that lies within
+``r`` (Chebyshev distance) of an earlier *accepted* candidate skipped. So: find a threshold
+that keeps a few times ``n`` candidates (one pass over the map), sort only those (stable, so
+ties keep the tie order), and scan them with an occupancy grid; if the scan runs out before
+``n`` picks, lower the threshold and continue where it stopped. Column-major order is the
+row-major order of the transposed map. Tests check identity with the reference on random
+maps with many ties.
 """
 from __future__ import annotations
 
@@ -45,14 +66,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACQUISITIONS", "MODES", "window_counts", "region_impurity", "prediction_uncertainty", "region_scores",
-           "acquisition_map", "greedy_select_reference", "greedy_select", "region_mask", "Budget",
-           "AnnotationState", "select_round", "image_level_select"]
+__all__ = ["ACQUISITIONS", "MODES", "TIE_ORDERS", "window_counts", "pixel_entropy", "region_impurity",
+           "prediction_uncertainty", "region_scores", "pixel_scores", "acquisition_map", "greedy_select_reference",
+           "greedy_select", "region_mask", "Budget", "AnnotationState", "select_round", "image_level_select"]
 
 #: the acquisition functions: RIPU's product and the three baselines
 ACQUISITIONS = ("ripu", "impurity", "uncertainty", "random")
 #: how picks are turned into labels: regions (RA), centre pixels (PA), points at the region budget, whole images
 MODES = ("region", "pixel", "point", "image")
+#: tie rules of the greedy selection: "column" (official: lowest column first), "row" (row-major)
+TIE_ORDERS = ("column", "row")
+#: the epsilon of the official code's entropy, ``-sum p log(p + eps)``
+ENTROPY_EPS = 1e-6
 
 
 def _check_prob(prob: torch.Tensor) -> None:
@@ -67,6 +92,12 @@ def _check_k(k: int) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
         raise ValueError(f"region radius k must be an integer >= 0, got {k!r}")
     return int(k)
+
+
+def _check_tie_order(tie_order: str) -> str:
+    if tie_order not in TIE_ORDERS:
+        raise ValueError(f"unknown tie_order {tie_order!r}; expected one of {TIE_ORDERS}")
+    return tie_order
 
 
 def window_counts(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -90,49 +121,78 @@ def _in_image(shape, k: int, device, dtype=torch.float32) -> torch.Tensor:
     return window_counts(torch.ones(1, 1, h, w, device=device, dtype=dtype), k)[0, 0]
 
 
-def region_impurity(prob: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """RI [B,H,W] (Eq. 2): entropy (nats) of the predicted-class histogram of each (2k+1)^2 region.
+def pixel_entropy(prob: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Per-pixel entropy [B,H,W] ``-sum_c p log(p + 1e-6)`` (nats; ``normalize``: divided by log C).
+
+    >>> round(float(pixel_entropy(torch.full((1, 2, 1, 1), 0.5))[0, 0, 0]), 4)   # log 2
+    0.6931
+    """
+    _check_prob(prob)
+    p = prob.float()
+    ent = -(p * torch.log(p + ENTROPY_EPS)).sum(1)
+    return ent / math.log(prob.shape[1]) if normalize else ent
+
+
+def region_impurity(prob: torch.Tensor, k: int = 1, normalize: bool = True) -> torch.Tensor:
+    """RI [B,H,W] [RIPU Eq. 2]: entropy of the predicted-class histogram of each (2k+1)^2 region,
+    divided by ``log C`` when ``normalize`` (the official code; the paper's Eq. 2 is in nats).
 
     >>> p = torch.zeros(1, 2, 1, 2); p[0, 0, 0, 0] = 1; p[0, 1, 0, 1] = 1   # predictions [0, 1]
-    >>> round(float(region_impurity(p, 1)[0, 0, 0]), 4)  # histogram (1/2, 1/2): log 2
+    >>> round(float(region_impurity(p, 1, normalize=False)[0, 0, 0]), 4)  # histogram (1/2, 1/2): log 2
     0.6931
+    >>> float(region_impurity(p, 1)[0, 0, 0])                             # / log 2
+    1.0
     """
     _check_prob(prob)
     onehot = torch.zeros(prob.shape, dtype=torch.float32, device=prob.device)
     onehot.scatter_(1, prob.max(1, keepdim=True).indices, 1.0)   # contiguous [B,C,H,W]; max(1) is faster than argmax(1) on CPU
     counts = torch.round(window_counts(onehot, k))   # exact integer counts (the box filter is float)
     hist = counts / _in_image(prob.shape[-2:], k, prob.device).round()
-    return -torch.xlogy(hist, hist).sum(1)            # 0 log 0 = 0
+    ri = -torch.xlogy(hist, hist).sum(1)              # 0 log 0 = 0
+    return ri / math.log(prob.shape[1]) if normalize else ri
 
 
 def prediction_uncertainty(prob: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """PU [B,H,W] (Eq. 3): mean over each (2k+1)^2 region of the pixel entropy normalized by log C."""
-    _check_prob(prob)
-    p = prob.float()
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1, keepdim=True) / math.log(prob.shape[1])
+    """PU [B,H,W] [RIPU Eq. 3]: mean over each (2k+1)^2 region of the pixel entropy normalized by log C."""
+    ent = pixel_entropy(prob, normalize=True)[:, None]
     return (window_counts(ent, k) / _in_image(prob.shape[-2:], k, prob.device))[:, 0]
 
 
-def region_scores(prob: torch.Tensor, k: int = 1) -> dict[str, torch.Tensor]:
-    """``{"impurity", "uncertainty", "score"}`` maps [B,H,W]; score = impurity * uncertainty (Eq. 4)."""
-    ri, pu = region_impurity(prob, k), prediction_uncertainty(prob, k)
+def region_scores(prob: torch.Tensor, k: int = 1, normalize: bool = True) -> dict[str, torch.Tensor]:
+    """``{"impurity", "uncertainty", "score"}`` maps [B,H,W]; score = impurity * uncertainty [RIPU Eq. 4].
+    ``normalize``: the impurity divided by log C (official; ``False``: nats as in the paper's Eq. 2)."""
+    ri, pu = region_impurity(prob, k, normalize), prediction_uncertainty(prob, k)
     return {"impurity": ri, "uncertainty": pu, "score": ri * pu}
 
 
+def pixel_scores(prob: torch.Tensor, k: int = 32, normalize: bool = False) -> dict[str, torch.Tensor]:
+    """PA scores [B,H,W] as the official code computes them: ``{"impurity", "uncertainty", "score"}``
+    with uncertainty = the pixel's own entropy (nats, not window-averaged), impurity = RI of the
+    ``(2k+1)^2`` window (nats; official PA radius k = 32) and score = their product.
+    ``normalize=True`` divides both by log C (not the official PA numbers; same ranking)."""
+    ri, ent = region_impurity(prob, k, normalize), pixel_entropy(prob, normalize)
+    return {"impurity": ri, "uncertainty": ent, "score": ri * ent}
+
+
 def acquisition_map(prob: torch.Tensor, acquisition: str = "ripu", k: int = 1,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """The score map [B,H,W] an acquisition function ranks pixels by (``random``: uniform noise)."""
+                    generator: torch.Generator | None = None, *, pixel: bool = False,
+                    normalize: bool | None = None) -> torch.Tensor:
+    """The score map [B,H,W] an acquisition function ranks pixels by (``random``: uniform noise).
+
+    ``pixel=False``: the region scores of :func:`region_scores` (RA, points, images);
+    ``pixel=True``: the PA scores of :func:`pixel_scores` with window radius ``k``.
+    ``normalize=None`` means the official numbers: impurity / log C for regions, nats for PA.
+    """
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"unknown acquisition {acquisition!r}; expected one of {ACQUISITIONS}")
     _check_prob(prob)
     if acquisition == "random":
         b, _, h, w = prob.shape
         return torch.rand(b, h, w, generator=generator).to(prob.device)
-    if acquisition == "impurity":
-        return region_impurity(prob, k)
-    if acquisition == "uncertainty":
-        return prediction_uncertainty(prob, k)
-    return region_scores(prob, k)["score"]
+    if normalize is None:
+        normalize = not pixel
+    scores = pixel_scores(prob, k, normalize) if pixel else region_scores(prob, k, normalize)
+    return scores[{"impurity": "impurity", "uncertainty": "uncertainty", "ripu": "score"}[acquisition]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,38 +212,69 @@ def _check_score(score, who: str) -> np.ndarray:
     return s
 
 
-def greedy_select_reference(score, n: int, suppress: int) -> list[tuple[int, int]]:
-    """The plain greedy loop (the official selection): ``n`` full-map argmaxes, each followed by
+def greedy_select_reference(score, n: int, suppress: int, tie_order: str = "column") -> list[tuple[int, int]]:
+    """The plain greedy loop (the official selection): ``n`` full-map maxima, each followed by
     setting the ``(2*suppress+1)^2`` window around the pick to ``-inf``. Returns picks ``(y, x)``
-    in order; fewer than ``n`` if the map runs out (its maximum becomes ``-inf``)."""
+    in order; fewer than ``n`` if the map runs out (its maximum becomes ``-inf``).
+
+    ``tie_order="column"`` (official): ``torch.max`` over rows (per column: the maximum and the
+    first row reaching it), then over that row vector (the first column holding the maximum) --
+    on ties the lowest column wins, then the lowest row. ``"row"``: the first maximum in
+    row-major order.
+
+    >>> greedy_select_reference(torch.tensor([[0., 1.], [1., 0.]]), 1, 0)   # (0,1) and (1,0) tie
+    [(1, 0)]
+    >>> greedy_select_reference(torch.tensor([[0., 1.], [1., 0.]]), 1, 0, tie_order="row")
+    [(0, 1)]
+    """
+    _check_tie_order(tie_order)
     s = torch.as_tensor(_check_score(score, "greedy_select_reference")).clone()
     h, w = s.shape
-    flat = s.view(-1)
     picks = []
+    if h == 0 or w == 0:
+        return picks
     for _ in range(int(n)):
-        i = int(torch.argmax(flat))   # first maximal index in row-major order
-        if flat[i] == -math.inf:
+        if tie_order == "column":
+            col_max, rows = torch.max(s, dim=0)        # per column: max and its first row
+            top, x = torch.max(col_max, dim=0)         # the first column holding the maximum
+            x = int(x)
+            y = int(rows[x])
+        else:
+            i = int(torch.argmax(s.reshape(-1)))       # first maximal index in row-major order
+            y, x = divmod(i, w)
+            top = s[y, x]
+        if top == -math.inf:
             break
-        y, x = divmod(i, w)
         picks.append((y, x))
         s[max(0, y - suppress):y + suppress + 1, max(0, x - suppress):x + suppress + 1] = -math.inf
     return picks
 
 
-def greedy_select(score, n: int, suppress: int, start_factor: int = 4) -> list[tuple[int, int]]:
-    """Exactly the picks of :func:`greedy_select_reference` (same regions, same order), fast.
+def greedy_select(score, n: int, suppress: int, start_factor: int = 4,
+                  tie_order: str = "column") -> list[tuple[int, int]]:
+    """Exactly the picks of :func:`greedy_select_reference` (same regions, same order, same
+    ``tie_order``), fast.
 
-    The greedy order is the order of the candidates sorted by (score desc, flat index asc)
-    in which every candidate within ``suppress`` (Chebyshev distance) of an earlier
-    *accepted* one is skipped. So the map is processed in value blocks, highest first:
-    a threshold ``t`` keeps about ``start_factor * n`` candidates (estimated from a strided
-    sample, ``torch.topk``); the candidates ``> t`` are sorted (stable: ties keep row-major
-    order), then the tie group ``== t`` follows in row-major order (no sort needed, however
-    large -- score maps are mostly exact zeros where regions are pure); an occupancy grid
-    skips suppressed candidates. If ``n`` picks are not reached, the threshold is lowered
+    The greedy order is the order of the candidates sorted by (score desc, index asc in the
+    tie order) in which every candidate within ``suppress`` (Chebyshev distance) of an earlier
+    *accepted* one is skipped. Column-major order is handled as the row-major order of the
+    transposed map (the suppression window is symmetric). The map is processed in value blocks,
+    highest first: a threshold ``t`` keeps about ``start_factor * n`` candidates (estimated
+    from a strided sample, ``torch.topk``); the candidates ``> t`` are sorted (stable: ties keep
+    the index order), then the tie group ``== t`` follows in index order (no sort needed,
+    however large -- score maps are mostly exact zeros where regions are pure); an occupancy
+    grid skips suppressed candidates. If ``n`` picks are not reached, the threshold is lowered
     (4x more candidates) and the scan resumes below the previous block.
     """
+    _check_tie_order(tie_order)
     s = _check_score(score, "greedy_select")
+    if tie_order == "column":
+        picks = _greedy_row_major(np.ascontiguousarray(s.T), n, suppress, start_factor)
+        return [(y, x) for x, y in picks]
+    return _greedy_row_major(s, n, suppress, start_factor)
+
+
+def _greedy_row_major(s: np.ndarray, n: int, suppress: int, start_factor: int) -> list[tuple[int, int]]:
     n = int(n)
     if n < 0 or suppress < 0:
         raise ValueError(f"n and suppress must be >= 0, got n={n}, suppress={suppress}")
@@ -225,7 +316,7 @@ def greedy_select(score, n: int, suppress: int, start_factor: int = 4) -> list[t
         idx = np.flatnonzero(sel)
         if scan(idx[np.argsort(-flat[idx], kind="stable")].tolist()):
             return picks
-        if scan(np.flatnonzero(flat == thr).tolist()):   # the tie group at thr, row-major
+        if scan(np.flatnonzero(flat == thr).tolist()):   # the tie group at thr, in index order
             return picks
         upper = thr
         m *= 4
@@ -244,14 +335,30 @@ def region_mask(picks: Sequence[tuple[int, int]], shape, k: int) -> torch.Tensor
 # ---------------------------------------------------------------------------------------------
 # Budgets and annotation state
 # ---------------------------------------------------------------------------------------------
+#: how the RA / point budget is split into rounds: "exact" (never above the budget; a share
+#: smaller than one region carries over) or "ceil" (official: ceil(share / area) picks per round)
+BUDGET_ROUNDINGS = ("exact", "ceil")
+
+
 @dataclass
 class Budget:
     """Annotation budget per image, spread evenly over ``rounds`` selection rounds.
 
-    ``mode="region"`` (RA) and ``"point"``: ``fraction`` of the image's pixels in total;
-    a round may label ``floor(fraction * H * W / rounds)`` pixels, i.e. that many pixels
-    divided by the region area ``(2k+1)^2`` regions (points: area 1).
-    ``mode="pixel"`` (PA): ``points`` centre pixels per image in total (paper: 40).
+    ``mode="region"`` (RA) and ``"point"``: ``fraction`` of the image's pixels in total.
+    ``rounding="exact"`` (default): after round ``r`` an image holds at most
+    ``floor(fraction * H * W * (r+1) / rounds)`` labelled pixels, in whole regions of area
+    ``(2k+1)^2`` (points: area 1), so the budget is never exceeded and a share smaller than one
+    region carries over. ``rounding="ceil"`` (official): every round takes
+    ``ceil(H * W * fraction / rounds / (2k+1)^2)`` regions (at 1024x2048, 2.2%, 5 rounds, k=1:
+    1026 per round, 2.2016% in all).
+
+    ``mode="pixel"`` (PA, official formula): ``ceil(points / rounds * pixel_scale)`` centre pixels
+    per image and round. ``points`` is the budget of one *training-size* image (paper: 40) and
+    ``pixel_scale`` the ratio of the selection resolution's area to the training size's area:
+    the official code picks on 2048x1024 labels with ``PIXELS / rounds / (1280*640) * (2048*1024)``,
+    i.e. ``pixel_scale = 2.56`` and ``ceil(20.48) = 21`` picks per round. Where the selection
+    runs at the training size (the toy profiles) ``pixel_scale = 1``: ``ceil(points / rounds)``.
+
     ``mode="image"``: ``fraction`` of all pool pixels, spent on whole images.
     """
 
@@ -260,14 +367,20 @@ class Budget:
     rounds: int = 5
     k: int = 1
     points: int = 40
+    pixel_scale: float = 1.0
+    rounding: str = "exact"
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown annotation mode {self.mode!r}; expected one of {MODES}")
         if not 0 <= float(self.fraction) <= 1:
             raise ValueError(f"budget fraction must be in [0, 1] (e.g. 0.022 for 2.2%), got {self.fraction}")
-        if int(self.rounds) < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not 1 <= int(self.rounds) <= 254:
+            raise ValueError(f"rounds must be in 1..254, got {self.rounds}")
+        if float(self.pixel_scale) <= 0:
+            raise ValueError(f"pixel_scale must be > 0, got {self.pixel_scale}")
+        if self.rounding not in BUDGET_ROUNDINGS:
+            raise ValueError(f"unknown budget rounding {self.rounding!r}; expected one of {BUDGET_ROUNDINGS}")
         _check_k(self.k)
 
     @property
@@ -275,118 +388,215 @@ class Budget:
         """Pixels labelled per pick: (2k+1)^2 for regions, 1 for points and PA."""
         return (2 * self.k + 1) ** 2 if self.mode == "region" else 1
 
-    def pixels_per_image(self, h: int, w: int) -> int:
-        """The total labelled-pixel budget of one image (all rounds)."""
-        if self.mode == "pixel":
-            return int(self.points)
-        return int(math.floor(self.fraction * h * w + 1e-9))
-
     def picks_per_round(self, h: int, w: int) -> int:
-        """The nominal picks of one image in one round (the round's pixel share over the area)."""
+        """The nominal picks of one image in one round."""
         if self.mode == "pixel":
-            return int(self.points) // int(self.rounds)
+            return int(math.ceil(int(self.points) / int(self.rounds) * float(self.pixel_scale) - 1e-9))
+        if self.rounding == "ceil":
+            return int(math.ceil(h * w * float(self.fraction) / int(self.rounds) / self.area - 1e-9))
         return int(math.floor(self.fraction * h * w / self.rounds + 1e-9)) // self.area
 
+    def pixels_per_image(self, h: int, w: int) -> int:
+        """The total labelled-pixel budget of one image (all rounds)."""
+        if self.mode == "pixel" or self.rounding == "ceil":
+            return int(self.rounds) * self.picks_per_round(h, w) * self.area
+        return int(math.floor(self.fraction * h * w + 1e-9))
+
     def allowed_pixels(self, h: int, w: int, round_idx: int) -> int:
-        """Labelled pixels one image may hold after round ``round_idx`` (0-based): the budget
-        accumulates, ``floor(total * (r+1) / rounds)``, so a share smaller than one region carries
-        over to the next round instead of being lost (it matters for small images)."""
+        """Labelled pixels one image may hold after round ``round_idx`` (0-based). ``"exact"``
+        RA/points: the budget accumulates, ``floor(total * (r+1) / rounds)``, so a share smaller
+        than one region carries over to the next round instead of being lost (it matters for
+        small images); PA and ``"ceil"``: ``(r+1)`` rounds of :meth:`picks_per_round` picks."""
         r = min(max(int(round_idx), 0), int(self.rounds) - 1)
+        if self.mode == "pixel" or self.rounding == "ceil":
+            return (r + 1) * self.picks_per_round(h, w) * self.area
         total = self.pixels_per_image(h, w)
         return int(math.floor(total * (r + 1) / int(self.rounds) + 1e-9))
 
     def picks_allowed(self, h: int, w: int, round_idx: int, labeled: int) -> int:
-        """Picks for an image holding ``labeled`` pixels in round ``round_idx``: what is left of
-        :meth:`allowed_pixels` divided by the area, so labelled pixels never exceed the budget."""
+        """Picks for an image holding ``labeled`` pixels in round ``round_idx``. ``"exact"``
+        RA/points: what is left of :meth:`allowed_pixels` divided by the area, so labelled pixels
+        never exceed the budget. PA and ``"ceil"`` (official): :meth:`picks_per_round`, whatever
+        earlier rounds achieved."""
+        if self.mode == "pixel" or self.rounding == "ceil":
+            return self.picks_per_round(h, w)
         return max(0, self.allowed_pixels(h, w, round_idx) - int(labeled)) // self.area
+
+
+def _round_code(round_idx: int) -> int:
+    r = int(round_idx)
+    if not 0 <= r <= 253:
+        raise ValueError(f"round index must be in 0..253, got {round_idx}")
+    return r + 1
 
 
 @dataclass
 class AnnotationState:
-    """What has been labelled: a boolean mask [N,H,W] over a pool of N target images, and a log."""
+    """What has been labelled in a pool of N target images, per pixel, by round.
 
-    mask: torch.Tensor
+    ``label_round`` uint8 [N,H,W]: 0 = unlabelled, ``r + 1`` = labelled in round ``r``.
+    ``active_round`` uint8 [N,H,W]: 0 = never suppressed, ``r + 1`` = first inside a suppression
+    window in round ``r`` (the official per-image "active" indicator; labelled pixels are always
+    inside one). ``history``: one log record per round.
+
+    Both may be views on shared or memory-mapped storage (:class:`kit.methods.ripu.ActivePool`);
+    write through :meth:`mark`, :meth:`label_images` and :meth:`rollback`. A boolean tensor passed
+    as ``label_round`` is read as "labelled in round 0".
+    """
+
+    label_round: torch.Tensor
+    active_round: torch.Tensor | None = None
     history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.label_round.dtype == torch.bool:
+            self.label_round = self.label_round.to(torch.uint8)
+        if self.active_round is None:
+            self.active_round = self.label_round.clone()
+        for name in ("label_round", "active_round"):
+            t = getattr(self, name)
+            if t.dtype != torch.uint8 or t.dim() != 3:
+                raise ValueError(f"AnnotationState.{name} must be uint8 [N,H,W], got {t.dtype} {tuple(t.shape)}")
+        if self.active_round.shape != self.label_round.shape:
+            raise ValueError(f"label_round {tuple(self.label_round.shape)} and active_round "
+                             f"{tuple(self.active_round.shape)} differ in shape")
 
     @classmethod
     def empty(cls, n: int, h: int, w: int) -> "AnnotationState":
-        return cls(torch.zeros(n, h, w, dtype=torch.bool))
+        return cls(torch.zeros(n, h, w, dtype=torch.uint8), torch.zeros(n, h, w, dtype=torch.uint8))
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [N,H,W]: labelled pixels (a new tensor; write through :meth:`mark`)."""
+        return self.label_round > 0
+
+    @property
+    def active(self) -> torch.Tensor:
+        """bool [N,H,W]: pixels ever inside a suppression window (a new tensor)."""
+        return self.active_round > 0
+
+    @property
+    def round_map(self) -> torch.Tensor:
+        """int8 [N,H,W]: the round each pixel was labelled in, -1 = never."""
+        return (self.label_round.to(torch.int16) - 1).to(torch.int8)
 
     @property
     def labeled_pixels(self) -> int:
-        return int(self.mask.sum())
+        return int(torch.count_nonzero(self.label_round))
 
     @property
     def labeled_fraction(self) -> float:
         """Labelled pixels over pool pixels (the paper's budget percentage / 100)."""
-        return self.labeled_pixels / max(1, self.mask.numel())
+        return self.labeled_pixels / max(1, self.label_round.numel())
+
+    def blocked(self, i: int, persist_suppression: bool = True) -> torch.Tensor:
+        """bool [H,W]: pixels of image ``i`` that start a round at ``-inf`` (labelled, and with
+        ``persist_suppression`` every pixel ever inside a suppression window, as officially)."""
+        b = self.label_round[i] > 0
+        return b | (self.active_round[i] > 0) if persist_suppression else b
+
+    def mark(self, i: int, labeled: torch.Tensor, suppressed: torch.Tensor, round_idx: int) -> None:
+        """Record round ``round_idx``'s labels (bool [H,W]) and suppression windows of image ``i``
+        (pixels already labelled / active keep their earlier round)."""
+        code = _round_code(round_idx)
+        lr, ar = self.label_round[i], self.active_round[i]
+        lr[labeled & (lr == 0)] = code
+        ar[(suppressed | labeled) & (ar == 0)] = code
+
+    def label_images(self, index: Sequence[int], round_idx: int) -> None:
+        """Label whole images (image-level selection) in round ``round_idx``."""
+        code = _round_code(round_idx)
+        for i in index:
+            for t in (self.label_round[i], self.active_round[i]):
+                t[t == 0] = code
+
+    def rollback(self, round_idx: int) -> None:
+        """Forget rounds ``round_idx`` and later (labels, suppression, log): used when a run resumes
+        from a checkpoint taken before those rounds ran."""
+        code = _round_code(round_idx)
+        for t in (self.label_round, self.active_round):
+            for i in range(t.shape[0]):   # per image: no [N,H,W] temporary at paper scale
+                t[i][t[i] >= code] = 0
+        self.history[:] = [h for h in self.history if int(h.get("round", 0)) < int(round_idx)]
 
     def masked_labels(self, labels: torch.Tensor, index) -> torch.Tensor:
         """``labels`` [.., H, W] of pool images ``index`` with every unlabelled pixel set to 255."""
         out = labels.clone()
-        out[~self.mask[index]] = 255
+        out[self.label_round[index] == 0] = 255
         return out
 
 
 def select_round(prob: torch.Tensor, state: AnnotationState, index: Sequence[int], budget: Budget,
                  acquisition: str = "ripu", suppress: int | None = None, generator: torch.Generator | None = None,
-                 fast: bool = True, round_idx: int | None = None) -> list[list[tuple[int, int]]]:
+                 fast: bool = True, round_idx: int | None = None, *, tie_order: str = "column",
+                 persist_suppression: bool = True, normalize: bool | None = None,
+                 score_k: int | None = None) -> list[list[tuple[int, int]]]:
     """One selection round on pool images ``index`` with probabilities ``prob`` [B,C,H,W].
 
-    Scores of already-labelled pixels are ``-inf``; each image gets
-    ``budget.picks_allowed(h, w, round_idx, its labelled pixels)`` greedy picks (``round_idx``
-    defaults to the number of rounds logged in ``state.history``; at 2.2% of a 1024x2048 image
-    that is 1025 regions of 3x3 per round) with suppression radius ``suppress`` (default:
-    2k for regions, 32 for PA, 1 for points); the picks' regions (regions: (2k+1)^2; otherwise
-    the pixel) are added to ``state.mask``. Returns the picks per image. (Image-level
-    selection is :func:`image_level_select`.)
+    ``prob`` must be at the resolution of ``state`` -- the official code upsamples the logits
+    (bilinear, ``align_corners=True``) to the original label size and selects there
+    (:func:`kit.methods.ripu.select_on_pool` does this). Scores: RA and points rank by RI x PU
+    with radius ``budget.k`` (:func:`region_scores`); PA by the official PA score
+    (:func:`pixel_scores`) with window radius ``score_k`` (default: the suppression radius, as
+    the official ``RADIUS_K`` serves both). Pixels in :meth:`AnnotationState.blocked` are
+    ``-inf``; each image gets ``budget.picks_allowed(h, w, round_idx, its labelled pixels)``
+    greedy picks (``round_idx`` defaults to the number of rounds logged in ``state.history``; at
+    2.2% of a 1024x2048 image that is 1025 regions of 3x3 per round, 1026 with
+    ``rounding="ceil"``) with suppression radius ``suppress`` (default: 2k for regions, 32 for
+    PA, 1 for points) and tie rule ``tie_order``. The picks' regions (regions: (2k+1)^2;
+    otherwise the pixel) are labelled and their suppression windows marked active. Returns the
+    picks per image. (Image-level selection is :func:`image_level_select`.)
     """
     if budget.mode == "image":
         raise ValueError("image-level selection ranks whole images: use image_level_select")
+    _check_tie_order(tie_order)
     if prob.shape[0] != len(index):
         raise ValueError(f"prob has {prob.shape[0]} images but index has {len(index)}")
     h, w = prob.shape[-2:]
-    if tuple(state.mask.shape[-2:]) != (h, w):
-        raise ValueError(f"probabilities are {h}x{w} but the annotation masks are {tuple(state.mask.shape[-2:])}")
+    if tuple(state.label_round.shape[-2:]) != (h, w):
+        raise ValueError(f"probabilities are {h}x{w} but the annotation masks are "
+                         f"{tuple(state.label_round.shape[-2:])}: select at the masks' resolution")
     if suppress is None:
         suppress = {"region": 2 * budget.k, "pixel": 32, "point": 1}[budget.mode]
-    k_score = budget.k
-    scores = acquisition_map(prob, acquisition, k_score, generator).float().cpu()
+    pixel = budget.mode == "pixel"
+    k_score = (int(suppress) if score_k is None else _check_k(score_k)) if pixel else budget.k
+    scores = acquisition_map(prob, acquisition, k_score, generator, pixel=pixel, normalize=normalize).float().cpu()
     r = len(state.history) if round_idx is None else int(round_idx)
     label_k = budget.k if budget.mode == "region" else 0
     select = greedy_select if fast else greedy_select_reference
     out = []
     for b, i in enumerate(index):
-        n = budget.picks_allowed(h, w, r, int(state.mask[i].sum()))
+        n = budget.picks_allowed(h, w, r, int(torch.count_nonzero(state.label_round[i])))
         s = scores[b].clone()
-        s[state.mask[i]] = -math.inf
-        picks = select(s, n, suppress)
-        state.mask[i] |= region_mask(picks, (h, w), label_k)
+        s[state.blocked(i, persist_suppression)] = -math.inf
+        picks = select(s, n, suppress, tie_order=tie_order)
+        state.mark(i, region_mask(picks, (h, w), label_k), region_mask(picks, (h, w), suppress), r)
         out.append(picks)
-    state.history.append({"round": len(state.history), "picks": int(sum(len(p) for p in out)),
+    state.history.append({"round": r, "picks": int(sum(len(p) for p in out)),
                           "labeled_pixels": state.labeled_pixels, "labeled_fraction": state.labeled_fraction})
     return out
 
 
-def image_level_select(image_scores: torch.Tensor, state: AnnotationState, budget: Budget) -> list[int]:
+def image_level_select(image_scores: torch.Tensor, state: AnnotationState, budget: Budget,
+                       round_idx: int | None = None) -> list[int]:
     """Image-level active learning at the same pixel budget: label whole images, highest mean score first.
 
     ``image_scores`` [N]: one score per pool image (e.g. mean uncertainty). After round r (0-based)
     at most ``fraction * pool pixels * (r+1) / rounds`` pixels are labelled (unspent budget
     carries over, since an image is larger than a round's share); labelled images are skipped.
     """
-    n, h, w = state.mask.shape
+    n, h, w = state.label_round.shape
     if image_scores.shape != (n,):
         raise ValueError(f"expected one score per pool image ({n}), got shape {tuple(image_scores.shape)}")
-    r = min(len(state.history), budget.rounds - 1)   # rounds done so far: the budget accumulates
+    r_log = len(state.history) if round_idx is None else int(round_idx)
+    r = min(r_log, budget.rounds - 1)   # rounds done so far: the budget accumulates
     allowed = int(math.floor(budget.fraction * n * h * w * (r + 1) / budget.rounds + 1e-9))
-    done = state.mask.flatten(1).all(1)
+    done = state.label_round.flatten(1).gt(0).all(1)
     k = max(0, allowed - state.labeled_pixels) // (h * w)
     s = image_scores.clone().float()
     s[done] = -math.inf
     chosen = [int(i) for i in torch.argsort(-s, stable=True)[:k] if s[i] > -math.inf]
-    for i in chosen:
-        state.mask[i] = True
-    state.history.append({"round": len(state.history), "picks": len(chosen), "labeled_pixels": state.labeled_pixels,
+    state.label_images(chosen, r_log)
+    state.history.append({"round": r_log, "picks": len(chosen), "labeled_pixels": state.labeled_pixels,
                           "labeled_fraction": state.labeled_fraction})
     return chosen

@@ -34,9 +34,11 @@ def _direct_scores(prob, k):
 def test_scores_match_direct_window_computation(k):
     g = torch.Generator().manual_seed(k)
     prob = (torch.randn(2, 4, 7, 9, generator=g) * 2).softmax(1)
-    s = active.region_scores(prob, k)
+    s = active.region_scores(prob, k, normalize=False)
     ri, pu = _direct_scores(prob, k)
     assert torch.allclose(s["impurity"].double(), ri, atol=1e-5)
+    # the default (official) divides the impurity by log C; the ranking is the same
+    assert torch.allclose(active.region_impurity(prob, k).double(), ri / math.log(4), atol=1e-5)
     assert torch.allclose(s["uncertainty"].double(), pu, atol=1e-5)
     assert torch.allclose(s["score"].double(), ri * pu, atol=1e-5)
 
@@ -72,7 +74,9 @@ def test_fast_selection_identical_to_greedy_reference_on_random_maps():
             s = torch.rand(h, w, generator=g) * (torch.rand(h, w, generator=g) < 0.1)
         n = int(torch.randint(0, h * w // 3 + 2, (1,), generator=g))
         r = int(torch.randint(0, 5, (1,), generator=g))
-        assert greedy_select(s, n, r) == greedy_select_reference(s, n, r), (t, h, w, n, r)
+        for order in active.TIE_ORDERS:
+            assert greedy_select(s, n, r, tie_order=order) == greedy_select_reference(s, n, r, tie_order=order), \
+                (t, h, w, n, r, order)
 
 
 def test_fast_selection_identical_on_a_larger_map_with_small_start_block():
@@ -81,11 +85,18 @@ def test_fast_selection_identical_on_a_larger_map_with_small_start_block():
     ref = greedy_select_reference(s, 500, 2)
     assert greedy_select(s, 500, 2, start_factor=1) == ref
     assert len(ref) <= 500
+    assert greedy_select(s, 500, 2, start_factor=1, tie_order="row") == greedy_select_reference(s, 500, 2, "row")
 
 
-def test_greedy_ties_take_first_row_major_index_and_nan_fails():
+def test_greedy_ties_take_lowest_column_first_and_nan_fails():
+    # official tie rule: lowest column, then lowest row (was: row-major, kept as tie_order="row")
     s = torch.zeros(4, 4)
     assert greedy_select_reference(s, 1, 1) == [(0, 0)] == greedy_select(s, 1, 1)
+    s[0, 3] = s[2, 1] = s[3, 1] = 1.0
+    assert greedy_select_reference(s, 1, 0) == [(2, 1)] == greedy_select(s, 1, 0)
+    assert greedy_select_reference(s, 1, 0, "row") == [(0, 3)] == greedy_select(s, 1, 0, tie_order="row")
+    with pytest.raises(ValueError, match="tie_order"):
+        greedy_select(s, 1, 0, tie_order="diagonal")
     s[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         greedy_select(s, 1, 1)
@@ -180,6 +191,7 @@ def test_negative_learning_loss_hand_computed():
 
 
 def test_local_consistency_loss_hand_computed():
+    # the non-official "in_image" form (the kit's default before it followed the official code)
     # 1x3 image, two classes; probabilities (1,0), (0,1), (0,1); labels 0, 1, 1
     logits = torch.tensor([[30.0, -30.0, -30.0], [-30.0, 30.0, 30.0]]).reshape(1, 2, 1, 3)
     labels = torch.tensor([[[0, 1, 1]]])
@@ -187,11 +199,24 @@ def test_local_consistency_loss_hand_computed():
     # masks: pixel0 {0,1} non-uniform, pixel1 {0,1,1} non-uniform, pixel2 {1,1} uniform -> excluded
     d0 = 0.5 + 0.5
     d1 = 1 / 3 + 1 / 3
-    assert float(losses.local_consistency_loss(logits, labels)) == pytest.approx((d0 + d1) / 2, abs=1e-5)
-    assert losses.ripu_boundary_mask(labels).tolist() == [[[True, True, False]]]
+    lcr = losses.local_consistency_loss(logits, labels, variant="in_image")
+    assert float(lcr) == pytest.approx((d0 + d1) / 2, abs=1e-5)
+    assert losses.ripu_boundary_mask(labels, variant="in_image").tolist() == [[[True, True, False]]]
     # an ignore label in the neighbourhood excludes the pixel; uniform labels give 0
-    assert losses.ripu_boundary_mask(torch.tensor([[[0, 1, 255]]])).tolist() == [[[True, False, False]]]
-    assert float(losses.local_consistency_loss(logits, torch.ones(1, 1, 3, dtype=torch.long))) == 0.0
+    assert losses.ripu_boundary_mask(torch.tensor([[[0, 1, 255]]]), variant="in_image").tolist() == \
+        [[[True, False, False]]]
+    assert float(losses.local_consistency_loss(logits, torch.ones(1, 1, 3, dtype=torch.long), variant="in_image")) == 0.0
+    # the official form: replicate-padded means px0 (2/3 (1,0) + 1/3 (0,1)), px1 (1/3, 2/3), px2 (0, 1);
+    # Laplacian mask with zero padding: px0 8*0-1 != 0, px1 8-1 != 0, px2 8-1 != 0 (image border)
+    assert losses.ripu_boundary_mask(labels).tolist() == [[[True, True, True]]]
+    o0, o1, o2 = 2 / 3, 2 / 3, 0.0
+    assert float(losses.local_consistency_loss(logits, labels)) == pytest.approx((o0 + o1 + o2) / 3, abs=1e-5)
+    # uniform labels: only the border counts, unless the id is 0; an ignore neighbour makes a boundary
+    assert losses.ripu_boundary_mask(torch.zeros(1, 3, 3, dtype=torch.long)).sum() == 0
+    assert losses.ripu_boundary_mask(torch.ones(1, 3, 3, dtype=torch.long)).sum() == 8
+    assert losses.ripu_boundary_mask(torch.tensor([[[0, 0, 255]]])).tolist() == [[[False, True, False]]]
+    with pytest.raises(ValueError, match="variant"):
+        losses.local_consistency_loss(logits, labels, variant="paper")
 
 
 # ---------------------------------------------------------------------------------------------

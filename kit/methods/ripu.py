@@ -16,31 +16,67 @@ The source-free variant (``source_free=True``) drops the source batches (and wit
 L_cr, which needs source labels): ``L = CE_t + lambda_nl * L_nl``.
 
 Selection rounds are iteration numbers (``select_at``); at each the whole pool is
-predicted, already-labelled pixels get score ``-inf``, and every image receives its
-share of the budget (:class:`kit.active.Budget`: a fraction of pixels spread evenly over
-the rounds for RA; ``pa_points`` centre pixels for PA). Baselines at equal budget:
-``acquisition`` in {random, uncertainty, impurity} and ``mode`` in {point (single pixels at
-the RA pixel budget), image (whole images, highest mean score first)}.
+predicted, pixels labelled or suppressed in earlier rounds get score ``-inf``, and every
+image receives its share of the budget (:class:`kit.active.Budget`: a fraction of pixels
+spread evenly over the rounds for RA; ``pa_points`` centre pixels per training-size image for
+PA). Baselines at equal budget: ``acquisition`` in {random, uncertainty, impurity} and
+``mode`` in {point (single pixels at the RA pixel budget), image (whole images, highest mean
+score first)}.
+
+Fidelity to the official code (BIT-DA/RIPU), with the config fields that choose:
+
+* ``select_size="label"`` (default): the logits of the training-size image are upsampled
+  (bilinear, ``align_corners=True``) to the ORIGINAL label size and regions are scored and
+  picked there; the chosen labels live at that size and the pool resizes them to the training
+  size (nearest) at every ``__getitem__``. Real Cityscapes: the label files' size (1024x2048);
+  toy world: ``eval_size``. Where that equals the training size (the toy profiles) nothing
+  changes. ``"train"``: pick at the training size.
+* ``tie_order="column"``: the official tie rule (lowest column first); ``"row"``: row-major.
+* ``persist_suppression=True``: every pixel ever inside a suppression window starts later
+  rounds at ``-inf`` (the official "active" indicator); ``False``: only labelled pixels.
+* ``normalize_impurity=True``: RA impurity divided by log C (official); same ranking either way.
+* PA: score = pixel entropy (nats) x impurity of the ``(2*pa_suppress+1)^2`` window (nats),
+  suppression radius ``pa_suppress`` (32 in the paper), ``ceil(pa_points / rounds * s)`` picks
+  per image and round with ``s`` = selection area / training area (official: 40 / 5 x 2.56 -> 21).
+* ``budget_rounding``: ``"exact"`` (never above the budget) or ``"ceil"`` (official, the paper
+  profile's default): ``ceil(H*W * budget / rounds / (2k+1)^2)`` regions per image and round.
+* ``cr_variant="official"``: the official L_cr (Laplacian boundary mask with zero padding,
+  replicate-padded 3x3 mean); ``"in_image"``: the kit's earlier form.
+* L_nl on the target logits upsampled (``align_corners=True``) to the training size.
+* The source-free configuration of the official code (``RA_source_free``): :func:`preset_config`
+  with ``"ra_source_free"``.
+
+Labels reach training with any ``num_workers``: the pool keeps its annotation state in a
+memory-mapped file (``<storage>/annotations.u8``) that every ``__getitem__`` reads, so
+DataLoader workers started before a selection round see its labels; with ``run_dir`` the file
+and the engine checkpoint survive a kill and :func:`train_ripu` resumes (rounds the checkpoint
+had not reached are rolled back and run again).
 """
 from __future__ import annotations
 
-import math
+import json
+import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import active, losses
 from ..cache import load_or_train, save_checkpoint
 from ..config import Config, register_method, resolve
 from ..data import make_da_datasets
-from ..engine import Engine, History, evaluate, predict, seed_everything
+from ..engine import Engine, History, autocast, evaluate, seed_everything
 from .supervised import build_model, da_cache_key, load_or_train_baseline, make_model_optimizer
 
-__all__ = ["ActivePool", "RIPUStep", "make_budget", "selection_iters", "baseline_config", "build_ripu_model",
-           "train_ripu", "load_or_train_ripu", "select_on_pool", "train"]
+__all__ = ["ActivePool", "RIPUStep", "PRESETS", "preset_config", "make_budget", "selection_iters",
+           "label_resolution_dataset", "baseline_config", "build_ripu_model", "train_ripu", "load_or_train_ripu",
+           "select_on_pool", "train"]
 
 register_method("ripu", {
     "common": {
@@ -50,8 +86,14 @@ register_method("ripu", {
         "budget": 0.022,           # labelled fraction of target pixels (region / point / image modes)
         "pa_points": 40,           # PA: labelled pixels per image
         "suppress": None,          # suppression radius; None means 2k (RA), pa_suppress (PA), 1 (point)
-        "pa_suppress": 32,         # PA suppression radius (65x65 window in the paper)
+        "pa_suppress": 32,         # PA radius: impurity window and suppression (65x65 in the paper, RADIUS_K 32)
         "rounds": 5,
+        "select_size": "label",    # "label": score and pick at the original label size (official) | "train"
+        "tie_order": "column",     # "column": lowest column wins ties (official) | "row": row-major
+        "persist_suppression": True,   # pixels ever suppressed stay -inf in later rounds (official)
+        "normalize_impurity": True,    # RA impurity / log C (official); PA stays in nats (official)
+        "budget_rounding": "exact",    # "exact": never above the budget | "ceil": official per-round ceil
+        "cr_variant": "official",  # L_cr: "official" (Laplacian boundary, replicate mean) | "in_image"
         "select_at": None,         # iterations of the selection rounds; None means evenly over the first 40%
         "lambda_cr": 0.1,
         "lambda_nl": 1.0,
@@ -71,15 +113,46 @@ register_method("ripu", {
     "quick": {"iters": 60, "batch_size": 4, "lr": 5e-4, "pool_size": 100, "pa_suppress": 3,
               "eval_items": 100, "log_every": 10, "progress": False},
     "paper": {"iters": 62500, "max_iters": 40000, "batch_size": 2, "select_at": [10000, 12000, 14000, 16000, 18000],
-              "init": "pretrained", "size": [640, 1280], "source_size": [720, 1280], "eval_size": [1024, 2048],
-              "eval_every": 2000, "flip_eval": True, "select_batch_size": 2},
+              "init": "pretrained", "budget_rounding": "ceil", "size": [640, 1280], "source_size": [720, 1280],
+              "eval_size": [1024, 2048], "eval_every": 2000, "flip_eval": True, "select_batch_size": 2},
 })
 
 
-def make_budget(cfg: Mapping[str, Any]) -> active.Budget:
-    """The :class:`kit.active.Budget` of a config."""
+#: named configurations of the official code, applied by :func:`preset_config`
+PRESETS: dict[str, dict[str, Any]] = {
+    # configs/*/deeplabv2_r101_RA_source_free.yaml + train_source_free.py: target only, k = 9,
+    # selection at iterations 0, 2000, ..., 8000 of the 62.5k poly schedule, stop at 30k,
+    # starting from a source-only checkpoint (the official code refuses to start without one)
+    "ra_source_free": {"source_free": True, "mode": "region", "radius_k": 9, "budget": 0.022, "rounds": 5,
+                       "select_at": [0, 2000, 4000, 6000, 8000], "iters": 62500, "max_iters": 30000,
+                       "init": "source_only"},
+}
+
+
+def preset_config(name: str, profile: str = "paper", **overrides: Any) -> Config:
+    """The RIPU config of a named official configuration (:data:`PRESETS`) at ``profile``,
+    with ``overrides`` on top.
+
+    ``"ra_source_free"`` (the official RA_source_free config): source-free RA at 2.2%, regions
+    of 19x19 (k = 9), selection rounds at iterations 0, 2000, 4000, 6000, 8000, training stopped
+    at 30000 of the 62500-iteration poly schedule, starting from the source-only model
+    (``init="source_only"``; the official code needs that checkpoint). Its iteration numbers and
+    k are the paper's: only the ``paper`` profile is accepted (on 64x128 toy images a 19x19
+    region alone would exceed a 2.2% budget; use ``source_free=True`` with the toy profiles).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown RIPU preset {name!r}; expected one of {sorted(PRESETS)}")
+    if profile != "paper":
+        raise ValueError(f"preset {name!r} is the official paper-scale configuration; use profile='paper' "
+                         f"(got {profile!r}), or set source_free=True on a toy profile")
+    return resolve(profile, "ripu", **{**PRESETS[name], **overrides})
+
+
+def make_budget(cfg: Mapping[str, Any], pixel_scale: float = 1.0) -> active.Budget:
+    """The :class:`kit.active.Budget` of a config. ``pixel_scale``: selection area over training
+    area (PA picks scale with it, as in the official formula)."""
     return active.Budget(cfg["mode"], float(cfg["budget"]), int(cfg["rounds"]), int(cfg["radius_k"]),
-                         int(cfg["pa_points"]))
+                         int(cfg["pa_points"]), float(pixel_scale), cfg["budget_rounding"])
 
 
 def suppression_radius(cfg: Mapping[str, Any]) -> int | None:
@@ -102,35 +175,155 @@ def selection_iters(cfg: Mapping[str, Any]) -> list[int]:
     return its
 
 
+def label_resolution_dataset(cfg: Mapping[str, Any], target_train) -> Any | None:
+    """A dataset whose item ``i`` holds the ORIGINAL-size label of ``target_train[i]`` (where the
+    official code selects), or None when selection runs at the training size.
+
+    ``select_size="train"``: None. ``"label"``: the toy world renders the same scene with labels
+    at ``eval_size`` (None when that is the training size, as at the toy profiles); Cityscapes
+    reads the label files at their full size (1024x2048). Any other dataset: None (its labels
+    are taken to be the original ones); pass ``datasets["target_labels"]`` to
+    :func:`train_ripu` to supply one.
+    """
+    if cfg["select_size"] == "train":
+        return None
+    from ..data import ResizeImage
+    from ..data.world import ToyWorld
+
+    if isinstance(target_train, ToyWorld):
+        size = tuple(int(v) for v in cfg["eval_size"])
+        if size == tuple(target_train.size):
+            return None
+        return ToyWorld(target_train.spec, target_train.split, size, target_train.length, cache=False,
+                        offset=target_train.offset, device=target_train.device)
+    from ..data import real
+
+    if isinstance(target_train, real.Cityscapes):
+        return real.Cityscapes(target_train.root, target_train.split, classes=target_train.num_classes,
+                               transform=ResizeImage(tuple(cfg["size"])))
+    return None
+
+
+def _remove_dir(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:   # never from a forked DataLoader worker
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class ActivePool(torch.utils.data.Dataset):
     """The target pool: ``(image, label)`` with every pixel not yet annotated set to 255.
 
-    Wraps the first ``n`` items of a target dataset; ``self.state`` is the
-    :class:`kit.active.AnnotationState` the selection rounds write into; ``self.round_map``
-    (int8 [N,H,W], -1 = unlabelled) records in which round each pixel was labelled.
+    Wraps the first ``n`` items of a target dataset ``base`` (training-size images). ``labels``:
+    an optional dataset whose item ``i`` holds the label of ``base[i]`` at the ORIGINAL size
+    (see :func:`label_resolution_dataset`); selection then runs at that size (``self.h``,
+    ``self.w``) and ``__getitem__`` resizes the masked label to the training size (nearest,
+    pixel centres, like PIL's NEAREST in the official code).
+
+    ``self.state`` is the :class:`kit.active.AnnotationState` the selection rounds write into.
+    Its two planes (label round, suppression round) are views on a uint8 memory-mapped file
+    ``<storage>/annotations.u8`` [2,N,H,W] (0 = never, r+1 = round r) that every ``__getitem__``
+    reads, so DataLoader worker processes -- forked or spawned before a round -- see its labels.
+    ``storage=None``: a temporary folder removed with the pool; a given folder keeps the file
+    (and ``annotations.json``: shape and round log) and reopens it, so a killed run resumes with
+    its labels (see :meth:`rollback`).
     """
 
-    def __init__(self, base, n: int | None = None):
+    FILE, META = "annotations.u8", "annotations.json"
+
+    def __init__(self, base, n: int | None = None, labels=None, storage: str | Path | None = None):
         self.base = base
+        self.labels = labels
         self.n = len(base) if n is None else min(int(n), len(base))
         if self.n < 1:
             raise ValueError("the active pool needs at least one target image")
+        if labels is not None and len(labels) < self.n:
+            raise ValueError(f"the label-resolution dataset has {len(labels)} items, fewer than the pool's {self.n}")
         x, y = base[0]
-        self.h, self.w = y.shape[-2:]
-        self.state = active.AnnotationState.empty(self.n, self.h, self.w)
-        self.round_map = torch.full((self.n, self.h, self.w), -1, dtype=torch.int8)
+        self.train_size = tuple(int(v) for v in y.shape[-2:])
+        self.h, self.w = tuple(int(v) for v in labels[0][1].shape[-2:]) if labels is not None else self.train_size
         self.num_classes = base.num_classes
         self.classes = getattr(base, "classes", None)
+        devs = [torch.device(getattr(d, "device", "cpu")) for d in (base, labels) if d is not None]
+        #: where the items are made (the engine gives a CUDA-rendering pool no worker processes)
+        self.device = next((d for d in devs if d.type != "cpu"), torch.device("cpu"))
+        if storage is None:
+            self.storage = Path(tempfile.mkdtemp(prefix="kit_ripu_pool_"))
+            self._finalizer = weakref.finalize(self, _remove_dir, str(self.storage), os.getpid())
+        else:
+            self.storage = Path(storage)
+            self.storage.mkdir(parents=True, exist_ok=True)
+            self._finalizer = None
+        self.shape = (2, self.n, self.h, self.w)
+        path, meta_path = self.storage / self.FILE, self.storage / self.META
+        history: list = []
+        if path.exists():
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if list(meta.get("shape", [])) != list(self.shape) or path.stat().st_size != int(np.prod(self.shape)):
+                raise ValueError(f"{path} holds annotations of shape {meta.get('shape')} "
+                                 f"({path.stat().st_size} bytes), not {list(self.shape)}: another pool's file; "
+                                 f"use another storage folder or delete it")
+            history = list(meta.get("history", []))
+            self._mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=self.shape)
+        else:
+            self._mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=self.shape)   # zeros, sparse on disk
+        planes = torch.from_numpy(self._mm)
+        self.state = active.AnnotationState(planes[0], planes[1], history)
+        self.sync()
+
+    # -- worker processes: reopen the file read-only instead of pickling the arrays ----------
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        for k in ("_mm", "state", "_finalizer"):
+            d[k] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+
+    def _planes(self) -> np.ndarray:
+        if self._mm is None:
+            self._mm = np.memmap(self.storage / self.FILE, dtype=np.uint8, mode="r", shape=self.shape)
+        return self._mm
+
+    def sync(self) -> None:
+        """Flush the file and write the round log beside it."""
+        if self.state is None:
+            raise RuntimeError("sync() runs in the process that owns the pool, not in a DataLoader worker")
+        self._mm.flush()
+        tmp = self.storage / (self.META + ".tmp")
+        tmp.write_text(json.dumps({"shape": list(self.shape), "history": self.state.history}))
+        tmp.replace(self.storage / self.META)
+
+    def rollback(self, round_idx: int) -> None:
+        """Forget rounds ``round_idx`` and later (a run resumed from a checkpoint taken before them)."""
+        self.state.rollback(round_idx)
+        self.sync()
+
+    @property
+    def round_map(self) -> torch.Tensor:
+        """int8 [N,H,W]: the round each pool pixel was labelled in, -1 = never (a copy)."""
+        return self.state.round_map
 
     def __len__(self) -> int:
         return self.n
 
+    def label_at_selection_size(self, i: int) -> torch.Tensor:
+        """The full label of pool image ``i`` at the selection resolution."""
+        return (self.labels if self.labels is not None else self.base)[i][1]
+
     def __getitem__(self, i: int):
         x, y = self.base[i]
-        return x, self.state.masked_labels(y, i)
+        if self.labels is not None:
+            y = self.labels[i][1]
+        code = torch.from_numpy(np.array(self._planes()[0, i]))   # read at every access: never stale
+        y = y.clone()
+        y[code.to(y.device) == 0] = 255
+        if tuple(y.shape[-2:]) != self.train_size:
+            y = F.interpolate(y[None, None].float(), size=self.train_size, mode="nearest-exact")[0, 0].long()
+        return x, y
 
     def full_label(self, i: int) -> torch.Tensor:
-        return self.base[i][1]
+        """The full label of pool image ``i`` at the selection resolution."""
+        return self.label_at_selection_size(i)
 
 
 @torch.no_grad()
@@ -138,34 +331,44 @@ def select_on_pool(model: nn.Module, pool: ActivePool, cfg: Mapping[str, Any], r
                    device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
     """Run one selection round over the whole pool with the model's current predictions.
 
-    Updates ``pool.state`` and ``pool.round_map``; returns a log record (labelled pixels, fraction).
+    As the official code: the logits of the training-size image are upsampled (bilinear,
+    ``align_corners=True``) to the pool's selection size (the original label size with
+    ``select_size="label"``), then the softmax; scores and picks are computed there. Updates
+    ``pool.state`` (persisted to the pool's file); returns a log record (labelled pixels, fraction).
     """
-    budget = make_budget(cfg)
+    area_scale = pool.h * pool.w / (pool.train_size[0] * pool.train_size[1])
+    budget = make_budget(cfg, pixel_scale=area_scale)
     gen = torch.Generator().manual_seed(10007 * seed + round_idx)
     was = model.training
     model.eval()
     bs = int(cfg["select_batch_size"])
-    before = pool.state.mask.clone()
+    before = pool.state.labeled_pixels
     image_scores = []
+    dev = next(model.parameters()).device
     for start in range(0, pool.n, bs):
         idx = list(range(start, min(pool.n, start + bs)))
-        x = torch.stack([pool.base[i][0] for i in idx]).to(device)
-        prob = predict(model, x, size=(pool.h, pool.w), amp=cfg["amp"]).float()
+        x = torch.stack([pool.base[i][0] for i in idx]).to(dev)
+        with autocast(dev, cfg["amp"]):
+            out = model(x)
+        logits = (out["out"] if isinstance(out, Mapping) else out).float()
+        logits = F.interpolate(logits, size=(pool.h, pool.w), mode="bilinear", align_corners=True)
+        prob = F.softmax(logits, dim=1)
         if budget.mode == "image":
-            sc = active.acquisition_map(prob, cfg["acquisition"], budget.k, gen)
+            sc = active.acquisition_map(prob, cfg["acquisition"], budget.k, gen, normalize=cfg["normalize_impurity"])
             image_scores.append(sc.flatten(1).mean(1).cpu())
         else:
             active.select_round(prob, pool.state, idx, budget, cfg["acquisition"], suppression_radius(cfg), gen,
-                                round_idx=round_idx)
+                                round_idx=round_idx, tie_order=cfg["tie_order"],
+                                persist_suppression=bool(cfg["persist_suppression"]),
+                                normalize=None if budget.mode == "pixel" else bool(cfg["normalize_impurity"]))
             pool.state.history.pop()   # one record per round, below
     if budget.mode == "image":
-        active.image_level_select(torch.cat(image_scores), pool.state, budget)
+        active.image_level_select(torch.cat(image_scores), pool.state, budget, round_idx=round_idx)
         pool.state.history.pop()
-    new = pool.state.mask & ~before
-    pool.round_map[new] = round_idx
-    rec = {"round": round_idx, "new_pixels": int(new.sum()), "labeled_pixels": pool.state.labeled_pixels,
-           "labeled_fraction": pool.state.labeled_fraction}
+    rec = {"round": round_idx, "new_pixels": pool.state.labeled_pixels - before,
+           "labeled_pixels": pool.state.labeled_pixels, "labeled_fraction": pool.state.labeled_fraction}
     pool.state.history.append(rec)
+    pool.sync()
     model.train(was)
     return rec
 
@@ -173,7 +376,10 @@ def select_on_pool(model: nn.Module, pool: ActivePool, cfg: Mapping[str, Any], r
 class RIPUStep:
     """The per-iteration step for :class:`kit.engine.Engine` (streams ``source`` unless source-free,
     and ``target`` = an :class:`ActivePool`). Runs a selection round first when ``engine.it`` is a
-    selection iteration. Logged: ``src`` (CE source), ``tgt`` (CE labelled target), ``cr``, ``nl``."""
+    selection iteration. Logged: ``src`` (CE source), ``tgt`` (CE labelled target), ``cr``, ``nl``.
+
+    On its first call it rolls the pool back to the rounds before ``engine.it``: a run resumed from
+    a checkpoint forgets rounds the checkpoint had not reached (they run again, as uninterrupted)."""
 
     def __init__(self, cfg: Mapping[str, Any], pool: ActivePool, seed: int = 0):
         self.cfg = cfg
@@ -181,10 +387,15 @@ class RIPUStep:
         self.seed = seed
         self.rounds = selection_iters(cfg)
         self.lambda_cr, self.lambda_nl, self.tau = float(cfg["lambda_cr"]), float(cfg["lambda_nl"]), float(cfg["tau"])
+        self.cr_variant = cfg["cr_variant"]
         self.source_free = bool(cfg["source_free"])
+        self._started = False
 
     def __call__(self, batch: Mapping[str, Any], engine: Engine) -> dict[str, torch.Tensor]:
         G, opt = engine.modules["model"], engine.optimizers["model"]
+        if not self._started:
+            self.pool.rollback(sum(1 for it in self.rounds if it < engine.it))
+            self._started = True
         if engine.it in self.rounds:
             select_on_pool(engine.raw_modules["model"], self.pool, self.cfg, self.rounds.index(engine.it),
                            engine.device, self.seed)
@@ -196,14 +407,17 @@ class RIPUStep:
             with engine.autocast():
                 out_s = G(xs)
                 l_src = losses.seg_loss(out_s["out"], ys)
-                l_cr = losses.local_consistency_loss(out_s["out"], ys) if self.lambda_cr else l_src * 0
+                l_cr = losses.local_consistency_loss(out_s["out"], ys, variant=self.cr_variant) \
+                    if self.lambda_cr else l_src * 0
                 loss_s = l_src + self.lambda_cr * l_cr
             loss_s.backward()
             logs.update(src=l_src.detach(), cr=l_cr.detach())
         with engine.autocast():
             out_t = G(xt)
             l_tgt = losses.seg_loss(out_t["out"], yt)
-            l_nl = losses.negative_learning_loss(out_t["out"], self.tau) if self.lambda_nl else l_tgt * 0
+            # L_nl on the logits upsampled to the training size, as the official code
+            l_nl = losses.negative_learning_loss(out_t["out"], self.tau, size=xt.shape[-2:]) \
+                if self.lambda_nl else l_tgt * 0
             loss_t = l_tgt + self.lambda_nl * l_nl
         loss_t.backward()
         opt.step()
@@ -230,6 +444,11 @@ def _validate(cfg: Mapping[str, Any]) -> None:
         raise ValueError(f"mode must be one of {active.MODES}, got {cfg['mode']!r}")
     if cfg["init"] not in ("source_only", "pretrained"):
         raise ValueError(f"init must be 'source_only' or 'pretrained', got {cfg['init']!r}")
+    choices = {"select_size": ("label", "train"), "tie_order": active.TIE_ORDERS,
+               "budget_rounding": active.BUDGET_ROUNDINGS, "cr_variant": losses.CR_VARIANTS}
+    for k, valid in choices.items():
+        if cfg[k] not in valid:
+            raise ValueError(f"{k} must be one of {tuple(valid)}, got {cfg[k]!r}")
     make_budget(cfg)
     its = selection_iters(cfg)
     last = int(cfg["max_iters"] or cfg["iters"])
@@ -253,14 +472,26 @@ def build_ripu_model(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, da
 
 
 def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-               desc: str | None = None, verbose: bool = False) -> tuple[nn.Module, ActivePool, History]:
-    """Train RIPU (or a baseline acquisition/mode) for one seed; returns ``(G, pool, history)``."""
+               desc: str | None = None, verbose: bool = False, run_dir: str | Path | None = None,
+               checkpoint_every: int = 0) -> tuple[nn.Module, ActivePool, History]:
+    """Train RIPU (or a baseline acquisition/mode) for one seed; returns ``(G, pool, history)``.
+
+    ``datasets`` may hold ``"target_labels"``: a dataset with the original-size labels of
+    ``target_train`` (else :func:`label_resolution_dataset` decides). ``run_dir``: keep the
+    engine checkpoint (``ripu_engine.pt``, every ``checkpoint_every`` iterations and at the end)
+    and the pool's annotations (``ripu_pool/``) there; calling again with the same ``run_dir``
+    resumes a killed run with its labels.
+    """
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["target_train"].num_classes
     model = build_ripu_model(cfg, num_classes, seed, ds, verbose)
     opt = make_model_optimizer(cfg, model)
-    pool = ActivePool(ds["target_train"], cfg["pool_size"])
+    labels = ds["target_labels"] if ds.get("target_labels") is not None else \
+        label_resolution_dataset(cfg, ds["target_train"])
+    run_dir = Path(run_dir) if run_dir is not None else None
+    pool = ActivePool(ds["target_train"], cfg["pool_size"], labels=labels,
+                      storage=run_dir / "ripu_pool" if run_dir is not None else None)
     step = RIPUStep(cfg, pool, seed)
     val = ds["target_val"]
 
@@ -276,6 +507,8 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
                  poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"], channels_last=cfg["channels_last"],
                  seed=seed, eval_fn=eval_fn if val is not None else None, eval_every=cfg["eval_every"],
                  log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"],
+                 checkpoint=run_dir / "ripu_engine.pt" if run_dir is not None else None,
+                 checkpoint_every=int(checkpoint_every),
                  desc=desc or f"ripu {cfg['acquisition']}/{cfg['mode']} seed {seed}")
     history = eng.run()
     return model, pool, history
