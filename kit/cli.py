@@ -430,6 +430,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_info(args) -> int:
+    from . import machine
+
+    d = machine.info(measure=not args.no_measure)
+    print(json.dumps(d, indent=1) if args.json else machine.format_info(d))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kit", description="Run the kit's notebooks headless, summarise their "
                                  "results, train methods outside notebooks (also under torchrun).")
@@ -464,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="the parameters a notebook declares, with defaults and types")
     p.add_argument("notebook")
     p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("info", help="this machine: CPU and flags, GPU, the precision 'auto' picks, threads, "
+                       "the quick step time and the minutes each notebook should take",
+                       description="Describe this machine as the kit sees it. Run it first: it says whether bf16 "
+                       "runs natively here and how long the notebooks will take at the quick profile.")
+    p.add_argument("--no-measure", action="store_true", help="skip the few-second step-time measurement")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("train", help="train a registered method (works under torchrun)",
                        description="Train METHOD outside the notebooks; saves runs/<profile>/train/<METHOD>.pt. "

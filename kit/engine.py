@@ -20,9 +20,7 @@ and rank 0 alone shows progress, evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
 from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from .machine import amp_dtype, autocast, resolve_device, set_threads  # noqa: F401  (re-exported)
 from .metrics import ConfusionMatrix
 
 __all__ = [
@@ -55,24 +54,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads and return how many it uses.
-
-    ``None`` keeps torch's default, except on a busy machine -- a 1-minute load average at
-    or above the number of cores -- where it uses one thread: OpenMP threads that share
-    cores with other processes wait for each other, and two such threads on two busy
-    cores measured 5-20x slower than one. Threads change only the order of floating-point
-    sums, so results can differ in the last digits between thread counts.
-    """
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        torch.set_num_threads(threads)
-    elif hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1):
-        torch.set_num_threads(1)
-    return torch.get_num_threads()
-
-
 def _progress_bar(**kwargs):
     """A tqdm bar: the notebook widget when a front end shows it; plain text updated at most
     every 30 s in headless runs (papermill, nbval). A widget bar sends several messages a
@@ -87,37 +68,6 @@ def _progress_bar(**kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(leave=False, dynamic_ncols=True, **kwargs)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails clearly."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
-
-
-def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``amp`` ("auto" | "bf16" | "off") on ``device``, or None."""
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-    if amp == "off":
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return None
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, amp: str = "auto"):
-    """An autocast context for ``device`` (bf16), or a no-op when ``amp`` is off."""
-    dtype = amp_dtype(device, amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -239,12 +189,17 @@ def make_optimizer(kind: str, params, lr: float, momentum: float = 0.9, weight_d
                    betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.Optimizer:
     """SGD or Adam over a module's ``param_groups()`` (each group's ``lr_mult`` scales ``lr``)."""
     groups = _groups(params, lr)
+    # Fused kernels: one pass over all parameters per step instead of ~10 small ops per tensor
+    # (the quick step: 87.7 -> 82.5 ms at ResNet-18 width 16, 57 -> 49 ms at ResNet-10, AVX2
+    # fp32). Same update rule; results differ from the per-tensor loop in the last float bits.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    fused = fused or None
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     if kind == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {kind!r}; expected 'sgd', 'adam' or 'adamw'")
 
 

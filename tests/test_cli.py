@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from kit import methods
 from kit.cli import CliError, find_notebook, main, parse_params, parse_value
@@ -168,3 +169,16 @@ def test_python_dash_m_kit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kit", "summary", "--profile", "quick"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no runs for profile 'quick'" in r.stdout
+
+
+def test_info_command(capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["info", "--no-measure"]) == 0
+        out = capsys.readouterr().out
+        assert "CPU" in out and "amp 'auto' =" in out and "threads" in out
+        assert main(["info", "--no-measure", "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["auto_precision"] in ("fp32", "bf16") and d["threads"] >= 1
+    finally:
+        torch.set_num_threads(before)

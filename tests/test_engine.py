@@ -131,25 +131,6 @@ def test_evaluate_perfect_model():
     assert r.miou == pytest.approx(100.0) and r.accuracy == 1.0
 
 
-def test_set_threads(monkeypatch):
-    from kit.engine import set_threads
-
-    before = torch.get_num_threads()
-    try:
-        assert set_threads(1) == 1 and torch.get_num_threads() == 1
-        torch.set_num_threads(2)
-        monkeypatch.setattr("os.getloadavg", lambda: (99.0, 0.0, 0.0))   # a busy machine
-        assert set_threads(None) == 1
-        torch.set_num_threads(2)
-        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))    # a quiet one keeps the default
-        assert set_threads(None) == 2
-        for bad in (0, -1, 1.5, True, "2"):
-            with pytest.raises(ValueError, match="positive integer"):
-                set_threads(bad)
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_headless_progress_is_plain_text_and_rare(monkeypatch):
     """In nbval/papermill runs, a widget bar floods the kernel's message queue and nbval loses
     the cell's final status ("Timeout ... waiting for output"); headless bars are text, <= 1 per 30 s."""

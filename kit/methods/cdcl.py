@@ -291,7 +291,7 @@ CAMVID_TO_CITYSCAPES = {"sky": ("sky",), "building": ("building", "wall"), "pole
 
 def _real_dataset(root: Path, name: str, split: str, size, train: bool):
     from ..data import CITYSCAPES_CLASSES, ResizeImage, real
-    from ..data.transforms import Compose, RandomCrop, RandomHorizontalFlip, Resize
+    from ..data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 
     tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
     if name == "cityscapes":

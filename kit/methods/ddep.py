@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .. import losses

@@ -1,0 +1,335 @@
+"""The machine the kit runs on: device, precision, CPU threads, and ``kit info``.
+
+**Precision** (``amp``): ``"auto"`` uses bf16 autocast only where it is *faster* than fp32:
+
+* CUDA with bf16 support (Ampere and newer);
+* a CPU whose oneDNN kernels run bf16 natively: x86 with AVX512-BF16 or AMX, unless
+  ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` restrict the kernels below that;
+* an ambiguous CPU (not x86, or flags that cannot be read): a one-off micro-benchmark
+  (a small conv net, forward and backward, fp32 against bf16 autocast), whose verdict is
+  cached per machine in ``~/.cache/kit/precision.json`` (``$KIT_MACHINE_CACHE``).
+
+Everywhere else ``auto`` is fp32. Without native kernels bf16 is emulated: on an AVX2-only
+CPU (AMD EPYC) the quick training step measured 1144 ms in bf16 against 79 ms in fp32.
+``"bf16"`` forces bf16 autocast, ``"off"`` forces fp32.
+
+**Threads**: :func:`set_threads` uses every core unless other processes are busy *right
+now* (sampled from ``/proc/stat`` while this process sleeps): OpenMP threads that share
+cores with other work wait for each other at every barrier (two threads on two cores with
+one busy process measured 2.4x slower than one thread, fp32).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["resolve_device", "cpu_model", "cpu_flags", "native_bf16_cpu", "bf16_is_fast", "amp_dtype", "autocast",
+           "busy_cores", "set_threads", "info", "format_info"]
+
+AMP_MODES = ("auto", "bf16", "off")
+#: oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) at or above which bf16 convolutions run natively
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+              "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails clearly."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+# ----------------------------------------------------------------------------------
+# CPU capabilities
+# ----------------------------------------------------------------------------------
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what the platform module says)."""
+    m = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return m.group(1).strip() if m else (platform.processor() or platform.machine() or "unknown")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (``/proc/cpuinfo``), or None where they cannot be read."""
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return set(m.group(1).split()) if m else None
+
+
+def _isa_restricted() -> bool:
+    """True when the environment limits oneDNN / ATen below the bf16-native instruction sets."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa and isa not in _BF16_ISAS:
+        return True
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    return cap in ("default", "avx2", "avx", "sse", "neon")   # "avx512" keeps oneDNN's bf16 path
+
+
+def native_bf16_cpu() -> bool | None:
+    """Does this CPU run bf16 natively? True / False where the capability decides it, None where
+    it is ambiguous (a non-x86 CPU, or flags that cannot be read)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    if _isa_restricted():
+        return False
+    try:
+        native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:      # private helpers moved: read the flags instead
+        flags = cpu_flags()
+        if flags is None:
+            return None
+        native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    return native
+
+
+def _machine_cache() -> Path:
+    return Path(os.environ.get("KIT_MACHINE_CACHE", Path.home() / ".cache" / "kit" / "precision.json"))
+
+
+def _machine_key() -> str:
+    return f"{cpu_model()}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+
+
+def _time_step(dtype: torch.dtype | None, reps: int = 5) -> float:
+    """Median seconds of one forward+backward of a small conv net (the quick profile's shape)."""
+    import statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 11, 1))
+    x = torch.rand(8, 3, 64, 128)
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    times = []
+    for i in range(reps + 1):
+        t = time.perf_counter()
+        with ctx():
+            loss = net(x).float().square().mean()
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bf16_is_fast(refresh: bool = False) -> bool:
+    """Is bf16 autocast faster than fp32 on this CPU? Decided by the capability where it can be
+    (:func:`native_bf16_cpu`), else by a micro-benchmark run once and cached per machine."""
+    native = native_bf16_cpu()
+    if native is not None:
+        return native
+    path, key = _machine_cache(), _machine_key()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not refresh and isinstance(cache.get(key), dict) and "bf16_faster" in cache[key]:
+        return bool(cache[key]["bf16_faster"])
+    fp32, bf16 = _time_step(None), _time_step(torch.bfloat16)
+    verdict = bf16 < 0.9 * fp32
+    cache[key] = {"fp32_s": fp32, "bf16_s": bf16, "bf16_faster": verdict}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass   # a read-only home: decide again next time
+    return verdict
+
+
+def amp_dtype(device: torch.device | str, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``amp`` ("auto" | "bf16" | "off") on ``device``, or None for fp32.
+
+    ``auto``: bf16 on CUDA with bf16 support and on CPUs where bf16 is faster than fp32
+    (:func:`bf16_is_fast`), fp32 elsewhere. ``bf16`` forces bf16 (an error on a CUDA device
+    without bf16), ``off`` forces fp32.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            if amp == "bf16":
+                raise RuntimeError(f"amp='bf16' requested but {device} has no bf16 support; use amp='auto' or 'off'")
+            return None
+        return torch.bfloat16
+    if device.type == "cpu" and amp == "auto" and not bf16_is_fast():
+        return None
+    return torch.bfloat16
+
+
+def autocast(device: torch.device | str, amp: str = "auto"):
+    """An autocast context for ``device`` (bf16), or a no-op when :func:`amp_dtype` says fp32."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Threads
+# ----------------------------------------------------------------------------------
+def _cpu_times() -> tuple[int, int] | None:
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    vals = [int(v) for v in fields[:8]]
+    idle = vals[3] + vals[4]           # idle + iowait
+    return sum(vals) - idle, sum(vals)
+
+
+def busy_cores(window: float = 0.25) -> float | None:
+    """How many cores other processes keep busy right now: the CPU time spent while this
+    process sleeps for ``window`` seconds (``/proc/stat``). None where it cannot be read;
+    then :func:`set_threads` falls back to the load average minus this process."""
+    a = _cpu_times()
+    if a is None:
+        return None
+    time.sleep(window)
+    b = _cpu_times()
+    if b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads and return how many it uses.
+
+    ``None``: every core, less the cores other processes keep busy *now* (at least one).
+    A load average would count the work this very session just finished (the previous
+    notebook in ``make run``) and halve the threads of a quiet machine; an instantaneous
+    sample does not. Threads change only the order of floating-point sums, so results can
+    differ in the last digits between thread counts.
+    """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        torch.set_num_threads(threads)
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    busy = busy_cores()
+    if busy is None and hasattr(os, "getloadavg"):
+        busy = os.getloadavg()[0]
+    n = max(1, min(cores, cores - int(round(busy or 0.0))))
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------------
+# kit info
+# ----------------------------------------------------------------------------------
+#: quick-profile notebook wall times (s, fresh model cache, 2 threads) and the quick step time
+#: (ms) on the machine they were measured on; ``kit info`` scales them by the step time it
+#: measures. Re-measured with ``benchmarks/bench_notebooks.py`` (see benchmarks/RESULTS.md).
+REFERENCE = {
+    "machine": "Intel Xeon @ 2.80GHz (Ice Lake, 2 cores) with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2, fp32",
+    "step_ms": 49.0,
+    "notebooks_s": {},
+}
+
+
+def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
+    """Median ms of one quick-profile supervised training step (DeepLab-v2, the quick profile's
+    backbone, batch 8 at 64x128, forward + backward + optimizer step) at ``amp``."""
+    import statistics
+
+    from . import losses
+    from .config import resolve
+    from .methods.supervised import build_model, make_model_optimizer
+
+    cfg = resolve("quick", amp=amp, device="cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg, 11).to(memory_format=torch.channels_last)
+    opt = make_model_optimizer(cfg, model)
+    x = torch.rand(cfg.batch_size, 3, *cfg.size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 11, (cfg.batch_size, *cfg.size))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast("cpu", amp):
+            loss = losses.seg_loss(model(x)["out"], y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def info(measure: bool = True) -> dict[str, Any]:
+    """What ``kit info`` prints: CPU model and flags, GPU, the precision ``auto`` picks, threads,
+    and (``measure``) the quick-profile step time with the minutes each notebook should take."""
+    flags = cpu_flags() or set()
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve", "bf16"]
+    out: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_flags": [f for f in wanted if f in flags],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "native_bf16_cpu": native_bf16_cpu(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    out["gpu_bf16"] = bool(torch.cuda.is_bf16_supported()) if out["gpu"] else None
+    dev = resolve_device("auto")
+    out["device"] = str(dev)
+    out["auto_precision"] = "bf16" if amp_dtype(dev, "auto") == torch.bfloat16 else "fp32"
+    out["cpu_auto_precision"] = "bf16" if amp_dtype("cpu", "auto") == torch.bfloat16 else "fp32"
+    out["threads"] = set_threads(None)
+    if measure:
+        ms = quick_step_ms()
+        out["quick_step_ms"] = round(ms, 1)
+        ref = REFERENCE
+        out["reference"] = {"machine": ref["machine"], "step_ms": ref["step_ms"]}
+        scale = ms / ref["step_ms"]
+        out["expected_minutes"] = {nb: round(s * scale / 60, 1) for nb, s in ref["notebooks_s"].items()}
+    return out
+
+
+def format_info(d: dict[str, Any]) -> str:
+    """``info()`` as the text ``kit info`` prints."""
+    lines = [
+        f"CPU           {d['cpu']} ({d['arch']}, {d['cores']} cores)",
+        f"CPU flags     {' '.join(d['cpu_flags']) or '(none of interest)'}; torch kernels: {d['cpu_capability']}"
+        + (f"; ONEDNN_MAX_CPU_ISA={d['onednn_max_cpu_isa']}" if d["onednn_max_cpu_isa"] else ""),
+        f"native bf16   {({True: 'yes', False: 'no', None: 'unknown (decided by a micro-benchmark)'})[d['native_bf16_cpu']]}",
+        f"GPU           {d['gpu'] or 'none'}" + (f" (bf16: {'yes' if d['gpu_bf16'] else 'no'})" if d["gpu"] else ""),
+        f"torch         {d['torch']}; device 'auto' = {d['device']}; amp 'auto' = {d['auto_precision']}"
+        + (f" (on the CPU: {d['cpu_auto_precision']})" if d["device"] != "cpu" else ""),
+        f"threads       {d['threads']}",
+    ]
+    if "quick_step_ms" in d:
+        lines.append(f"quick step    {d['quick_step_ms']:.1f} ms (reference: {d['reference']['step_ms']} ms on "
+                     f"{d['reference']['machine']})")
+        if d["expected_minutes"]:
+            lines.append("expected minutes per notebook at the quick profile, fresh model cache (scaled from the reference):")
+            lines += [f"  {nb:<18} {m:5.1f}" for nb, m in d["expected_minutes"].items()]
+    return "\n".join(lines)
