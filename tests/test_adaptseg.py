@@ -228,8 +228,14 @@ def test_paper_profile_constructs_and_runs_on_cpu(tmp_path):
     4 training and 2 validation images of the toy world, batch 1 + 1. The schedule is still the
     paper's: step 2 runs at lr 2.5e-4 * (1 - 1/250000)^0.9. BatchNorm is left trainable here:
     the paper freezes it with ImageNet statistics, and a randomly initialised ResNet-101 with
-    frozen (identity) BatchNorm diverges at once (a warning says so)."""
+    eval-mode frozen (identity) BatchNorm diverges at once (a warning says so; the official
+    regime, frozen affine with batch statistics, does not warn)."""
     with pytest.warns(UserWarning, match="frozen BatchNorm"):
+        adaptseg.build_adapted(resolve("paper", "adaptseg", depth=18, width=8, size=[64, 64], bn_frozen=True), 5)
+    import warnings
+
+    with warnings.catch_warnings():   # the paper default, frozen affine with batch statistics, does not diverge
+        warnings.simplefilter("error")
         adaptseg.build_adapted(resolve("paper", "adaptseg", depth=18, width=8, size=[64, 64]), 5)
     cfg = resolve("paper", "adaptseg", max_iters=2, size=[64, 128], source_size=[64, 128], eval_size=[64, 128],
                   n_train=4, n_val=2, device="cpu", num_workers=0, progress=False, amp="off", frozen_bn=False,

@@ -72,8 +72,11 @@ register_method("adaptseg", {
         "d_betas": [0.9, 0.99],
         "init": "pretrained",      # G starts from "pretrained" (cfg.pretrained; None = random) or "source_only"
         "max_iters": None,         # stop the poly schedule early; None = run all `iters`
-        "bn_frozen": False,        # G's BatchNorm in eval mode, not trained, during adaptation (frozen_bn
-                                   # freezes it in the baselines too; this only in the adapted models)
+        # G's BatchNorm during adaptation (frozen_bn sets it for the baselines too; this only in the
+        # adapted models): False (trains) | True (eval mode: running statistics fixed, affine not
+        # trained) | "affine" (the official code: affine not trained, the network in train mode, so
+        # BN normalizes with batch statistics and keeps updating the running ones used at evaluation)
+        "bn_frozen": False,
         "feature_upsample": 1,     # feature-level D: upsample layer4 features by this factor first
         "eval_items": None,        # target val images for the periodic evaluation; None = all
         # notebook knobs (not part of any model's cache key)
@@ -85,13 +88,17 @@ register_method("adaptseg", {
               "eval_items": 8, "lambda_sweep": [0.01, 0.02]},
     # The toy world: G starts from the cached source-only model and is fine-tuned for a short
     # schedule with Adam (the optimizer the baseline was trained with) at a low learning rate,
-    # BatchNorm frozen as in the paper's DeepLab-v2; adversarial weights and sweep x10; a thinner
-    # D; layer4 features (8x16) upsampled x4 to reach D's 32x32 minimum. Explained in the notebook.
+    # BatchNorm frozen as in the paper's DeepLab-v2; adversarial weights and sweep x10; D as wide
+    # as G's widest stage (16-32-64-128; at 64 it had 4x G's parameters and dominated every
+    # step); layer4 features (8x16) upsampled x4 to reach D's 32x32 minimum. Explained in the notebook.
     "quick": {"init": "source_only", "bn_frozen": True, "iters": 100, "batch_size": 8, "lr": 1e-4,
-              "d_width": 32, "d_lr": 2e-4, "lambda_adv": 0.01, "lambda_adv_aux": 0.002,
+              "d_width": 16, "d_lr": 2e-4, "lambda_adv": 0.01, "lambda_adv_aux": 0.002,
               "lambda_sweep": [0.005, 0.01, 0.02, 0.04], "feature_upsample": 4, "eval_every": 25,
               "eval_items": 100, "log_every": 10},
-    "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000},
+    # paper: the official code's BatchNorm regime (affine frozen, batch statistics) in the
+    # source-only model and in G, not DeepLab-v2's eval-mode frozen BN of the other papers
+    "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000,
+              "frozen_bn": "affine", "bn_frozen": "affine"},
 })
 
 
@@ -248,7 +255,9 @@ def _g_config(cfg: Mapping[str, Any]) -> Config:
     """The network config of G: multi-level adaptation needs the auxiliary head."""
     g = Config(dict(cfg))
     g["multi_level"] = bool(cfg["multi_level"]) or cfg["level"] == "multi"
-    g["frozen_bn"] = bool(cfg["frozen_bn"]) or bool(cfg.get("bn_frozen", False))
+    # bn_frozen (adaptation only) overrides frozen_bn (baselines too) when it is set
+    bn = cfg.get("bn_frozen", False)
+    g["frozen_bn"] = bn if bn is not False else cfg["frozen_bn"]
     return g
 
 
@@ -326,7 +335,7 @@ def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, datas
     _validate(cfg)
     seed_everything(seed)
     g_cfg = _g_config(cfg)
-    if g_cfg["frozen_bn"] and cfg["init"] == "pretrained" and not cfg.get("pretrained"):
+    if g_cfg["frozen_bn"] is True and cfg["init"] == "pretrained" and not cfg.get("pretrained"):
         warnings.warn("G has frozen BatchNorm but starts from random weights (init='pretrained' without a "
                       "`pretrained` ImageNet file): frozen BatchNorm is then the identity and a deep network "
                       "diverges; give `pretrained`, use init='source_only', or set frozen_bn/bn_frozen False",

@@ -75,7 +75,7 @@ class DeepLabV2(nn.Module):
 
     def __init__(self, num_classes: int, depth: int = 101, width: int = 64, output_stride: int = 8,
                  multi_level: bool = False, official_aspp: bool = False, pretrained=None,
-                 frozen_bn: bool = False, input_norm: str | None = "imagenet",
+                 frozen_bn: bool | str = False, input_norm: str | None = "imagenet",
                  dilations: Sequence[int] = (6, 12, 18, 24)):
         super().__init__()
         self.num_classes, self.multi_level = num_classes, multi_level

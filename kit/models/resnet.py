@@ -11,7 +11,15 @@ PSPNet ResNet-18 (CDCL) and the U-Net encoder (DeP/DDeP).
   layer uses the layer's dilation, as DeepLab-v2 does.
 * Bottlenecks put the stride on the 3x3 conv (torchvision's "v1.5"), so torchvision
   ImageNet ``state_dict`` files load with :func:`load_pretrained`.
-* ``frozen_bn``: BatchNorm always in eval mode, its parameters not trained (DeepLab-v2).
+* ``frozen_bn`` -- three BatchNorm regimes (:data:`BN_MODES`):
+
+  - ``False``: BatchNorm trains as usual;
+  - ``True``: BatchNorm always in eval mode (running statistics fixed) and its affine
+    parameters not trained -- the "frozen BN" of DeepLab-v2 fine-tuning (RIPU's configs);
+  - ``"affine"``: only the affine parameters are frozen; the layers stay in train mode, so
+    they normalize with the statistics of the current batch and keep updating the running
+    statistics that evaluation then uses. This is what AdaptSegNet's official code does
+    (``requires_grad = False`` on BN parameters, network in train mode).
 
 The ResNet does not normalize its input: the segmentation models do that (see
 :class:`kit.models.utils.InputNorm`).
@@ -26,7 +34,18 @@ import torch.nn as nn
 
 from .utils import check_image
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "load_pretrained", "DEPTHS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "load_pretrained", "DEPTHS", "BN_MODES", "check_bn_mode"]
+
+#: the values of ``frozen_bn`` (see the module docstring)
+BN_MODES = (False, True, "affine")
+
+
+def check_bn_mode(frozen_bn) -> bool | str:
+    """``frozen_bn`` validated: False, True or "affine"."""
+    if frozen_bn is False or frozen_bn is True or frozen_bn == "affine":
+        return frozen_bn
+    raise ValueError(f"frozen_bn must be False (BN trains), True (eval mode, not trained) or 'affine' "
+                     f"(affine frozen, batch statistics: AdaptSegNet's official code), got {frozen_bn!r}")
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -113,7 +132,7 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, depth: int = 50, width: int = 64, output_stride: int = 32,
-                 frozen_bn: bool = False, num_classes: int | None = None, in_channels: int = 3):
+                 frozen_bn: bool | str = False, num_classes: int | None = None, in_channels: int = 3):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth!r}; expected one of {sorted(DEPTHS)}")
@@ -127,7 +146,7 @@ class ResNet(nn.Module):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         block, layers = DEPTHS[depth]
         self.depth, self.width, self.output_stride = depth, width, output_stride
-        self.in_channels, self.frozen_bn = in_channels, frozen_bn
+        self.in_channels, self.frozen_bn = in_channels, check_bn_mode(frozen_bn)
         d3, d4 = _DILATIONS[output_stride]
 
         self.inplanes = width
@@ -176,9 +195,10 @@ class ResNet(nn.Module):
         return self.output_stride
 
     def train(self, mode: bool = True):
-        """As ``nn.Module.train``, but with ``frozen_bn`` every BatchNorm stays in eval mode."""
+        """As ``nn.Module.train``, but with ``frozen_bn=True`` every BatchNorm stays in eval mode
+        (``"affine"`` leaves the modes alone: batch statistics in training)."""
         super().train(mode)
-        if self.frozen_bn:
+        if self.frozen_bn is True:
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
@@ -266,7 +286,7 @@ def load_pretrained(model: ResNet, path) -> ResNet:
 
 
 def resnet(depth: int, width: int = 64, output_stride: int = 32, pretrained=None,
-           frozen_bn: bool = False, num_classes: int | None = None, in_channels: int = 3) -> ResNet:
+           frozen_bn: bool | str = False, num_classes: int | None = None, in_channels: int = 3) -> ResNet:
     """Builds a :class:`ResNet`; ``pretrained`` is a path to a torchvision state_dict file or None."""
     model = ResNet(depth, width, output_stride, frozen_bn, num_classes, in_channels)
     if pretrained is not None:
