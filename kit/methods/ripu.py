@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import active, losses
-from ..cache import load_or_train, save_checkpoint
+from ..cache import checkpoint_exists, load_or_train, save_checkpoint
 from ..config import Config, register_method, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, autocast, evaluate, seed_everything
@@ -377,9 +377,8 @@ class RIPUStep:
     """The per-iteration step for :class:`kit.engine.Engine` (streams ``source`` unless source-free,
     and ``target`` = an :class:`ActivePool`). Runs a selection round first when ``engine.it`` is a
     selection iteration. Logged: ``src`` (CE source), ``tgt`` (CE labelled target), ``cr``, ``nl``.
-
-    On its first call it rolls the pool back to the rounds before ``engine.it``: a run resumed from
-    a checkpoint forgets rounds the checkpoint had not reached (they run again, as uninterrupted)."""
+    (A run resumed from a checkpoint must first forget the rounds the checkpoint had not reached:
+    :meth:`rounds_done` and :meth:`ActivePool.rollback`, as :func:`train_ripu` does.)"""
 
     def __init__(self, cfg: Mapping[str, Any], pool: ActivePool, seed: int = 0):
         self.cfg = cfg
@@ -389,13 +388,13 @@ class RIPUStep:
         self.lambda_cr, self.lambda_nl, self.tau = float(cfg["lambda_cr"]), float(cfg["lambda_nl"]), float(cfg["tau"])
         self.cr_variant = cfg["cr_variant"]
         self.source_free = bool(cfg["source_free"])
-        self._started = False
+
+    def rounds_done(self, it: int) -> int:
+        """Selection rounds complete before iteration ``it`` (a round runs at the start of its iteration)."""
+        return sum(1 for r in self.rounds if r < int(it))
 
     def __call__(self, batch: Mapping[str, Any], engine: Engine) -> dict[str, torch.Tensor]:
         G, opt = engine.modules["model"], engine.optimizers["model"]
-        if not self._started:
-            self.pool.rollback(sum(1 for it in self.rounds if it < engine.it))
-            self._started = True
         if engine.it in self.rounds:
             select_on_pool(engine.raw_modules["model"], self.pool, self.cfg, self.rounds.index(engine.it),
                            engine.device, self.seed)
@@ -510,6 +509,12 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
                  checkpoint=run_dir / "ripu_engine.pt" if run_dir is not None else None,
                  checkpoint_every=int(checkpoint_every),
                  desc=desc or f"ripu {cfg['acquisition']}/{cfg['mode']} seed {seed}")
+    # resume: the pool's file may hold rounds the checkpoint had not reached (a kill between a
+    # round and the next checkpoint); forget them before the first batch is read, they run again
+    start = 0
+    if eng.checkpoint is not None and checkpoint_exists(eng.checkpoint):
+        start = int(json.loads(eng.checkpoint.with_suffix(".json").read_text())["meta"]["iteration"])
+    pool.rollback(step.rounds_done(start))
     history = eng.run()
     return model, pool, history
 
