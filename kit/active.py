@@ -530,7 +530,7 @@ def select_round(prob: torch.Tensor, state: AnnotationState, index: Sequence[int
                  acquisition: str = "ripu", suppress: int | None = None, generator: torch.Generator | None = None,
                  fast: bool = True, round_idx: int | None = None, *, tie_order: str = "column",
                  persist_suppression: bool = True, normalize: bool | None = None,
-                 score_k: int | None = None) -> list[list[tuple[int, int]]]:
+                 score_k: int | None = None, record: bool = True) -> list[list[tuple[int, int]]]:
     """One selection round on pool images ``index`` with probabilities ``prob`` [B,C,H,W].
 
     ``prob`` must be at the resolution of ``state`` -- the official code upsamples the logits
@@ -545,7 +545,9 @@ def select_round(prob: torch.Tensor, state: AnnotationState, index: Sequence[int
     ``rounding="ceil"``) with suppression radius ``suppress`` (default: 2k for regions, 32 for
     PA, 1 for points) and tie rule ``tie_order``. The picks' regions (regions: (2k+1)^2;
     otherwise the pixel) are labelled and their suppression windows marked active. Returns the
-    picks per image. (Image-level selection is :func:`image_level_select`.)
+    picks per image; ``record``: append a log record to ``state.history`` (it counts the labelled
+    pixels of the whole pool: callers that select batch by batch log once per round instead).
+    (Image-level selection is :func:`image_level_select`.)
     """
     if budget.mode == "image":
         raise ValueError("image-level selection ranks whole images: use image_level_select")
@@ -572,8 +574,9 @@ def select_round(prob: torch.Tensor, state: AnnotationState, index: Sequence[int
         picks = select(s, n, suppress, tie_order=tie_order)
         state.mark(i, region_mask(picks, (h, w), label_k), region_mask(picks, (h, w), suppress), r)
         out.append(picks)
-    state.history.append({"round": r, "picks": int(sum(len(p) for p in out)),
-                          "labeled_pixels": state.labeled_pixels, "labeled_fraction": state.labeled_fraction})
+    if record:
+        state.history.append({"round": r, "picks": int(sum(len(p) for p in out)),
+                              "labeled_pixels": state.labeled_pixels, "labeled_fraction": state.labeled_fraction})
     return out
 
 

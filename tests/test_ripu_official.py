@@ -296,7 +296,7 @@ def ref_lcr(logits, labels):
     total, count = 0.0, 0
     for b in range(lg.shape[0]):
         p = lg[b].softmax(0).double()
-        c, h, w = p.shape
+        _, h, w = p.shape
         m = ref_boundary(labels[b])
         for i in range(h):
             for j in range(w):

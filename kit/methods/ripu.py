@@ -237,7 +237,7 @@ class ActivePool(torch.utils.data.Dataset):
             raise ValueError("the active pool needs at least one target image")
         if labels is not None and len(labels) < self.n:
             raise ValueError(f"the label-resolution dataset has {len(labels)} items, fewer than the pool's {self.n}")
-        x, y = base[0]
+        _, y = base[0]
         self.train_size = tuple(int(v) for v in y.shape[-2:])
         self.h, self.w = tuple(int(v) for v in labels[0][1].shape[-2:]) if labels is not None else self.train_size
         self.num_classes = base.num_classes
@@ -335,6 +335,7 @@ def select_on_pool(model: nn.Module, pool: ActivePool, cfg: Mapping[str, Any], r
     ``align_corners=True``) to the pool's selection size (the original label size with
     ``select_size="label"``), then the softmax; scores and picks are computed there. Updates
     ``pool.state`` (persisted to the pool's file); returns a log record (labelled pixels, fraction).
+    The model runs where its parameters are (``device`` is kept for callers; it is not used).
     """
     area_scale = pool.h * pool.w / (pool.train_size[0] * pool.train_size[1])
     budget = make_budget(cfg, pixel_scale=area_scale)
@@ -360,8 +361,8 @@ def select_on_pool(model: nn.Module, pool: ActivePool, cfg: Mapping[str, Any], r
             active.select_round(prob, pool.state, idx, budget, cfg["acquisition"], suppression_radius(cfg), gen,
                                 round_idx=round_idx, tie_order=cfg["tie_order"],
                                 persist_suppression=bool(cfg["persist_suppression"]),
-                                normalize=None if budget.mode == "pixel" else bool(cfg["normalize_impurity"]))
-            pool.state.history.pop()   # one record per round, below
+                                normalize=None if budget.mode == "pixel" else bool(cfg["normalize_impurity"]),
+                                record=False)   # one record per round, below
     if budget.mode == "image":
         active.image_level_select(torch.cat(image_scores), pool.state, budget, round_idx=round_idx)
         pool.state.history.pop()
