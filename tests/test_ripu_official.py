@@ -433,3 +433,18 @@ def test_source_free_preset():
         ripu.preset_config("ra_source_free", "quick")
     with pytest.raises(ValueError, match="preset"):
         ripu.preset_config("pa_source_free")
+
+
+def test_cityscapes_label_resolution_dataset(tmp_path):
+    """Real data: selection reads the label files at their full size, the images at the training size."""
+    from kit.data import real
+    from kit.data.transforms import Resize
+    from tests.test_real_data import H, W, make_cityscapes
+
+    make_cityscapes(tmp_path / "cityscapes")
+    train = real.Cityscapes(tmp_path / "cityscapes", "train", transform=Resize((H // 2, W // 2)))
+    cfg = {**resolve("smoke", "ripu"), "size": [H // 2, W // 2]}   # below the config minimum, fine here
+    lab = ripu.label_resolution_dataset(cfg, train)
+    assert tuple(lab[0][1].shape) == (H, W) and tuple(lab[0][0].shape[-2:]) == (H // 2, W // 2)
+    pool = ripu.ActivePool(train, labels=lab)
+    assert (pool.h, pool.w) == (H, W) and tuple(pool[0][1].shape) == (H // 2, W // 2)
