@@ -4,8 +4,8 @@ Prints (and with ``--json`` writes) images/s of the toy-world renderer at 64x128
 256x512 and 512x1024 for the source and target domains -- both the path the datasets
 use (:func:`kit.data.world.render_uint8`, a :class:`~kit.data.world.ToyWorld` chunk at a
 time) and :func:`kit.data.world.render` (float images, int64 labels) -- the images/s
-the quick-profile training step consumes (supervised DeepLab-v2, batch 8, with the
-profile's bf16 autocast + channels_last and without), and their ratio at 64x128.
+the quick-profile training step consumes (supervised DeepLab-v2, batch 8, fp32 with and
+without channels_last, and the precision ``amp='auto'`` picks on this machine), and their ratio at 64x128.
 Each timing is the median of ``--reps`` repetitions. Then ``--rounds`` paired rounds time
 the datasets' path and the training step back to back and report each round's ratio, since
 the speed of a shared machine drifts between measurements.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -92,8 +93,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cpu", help="where to render and train: cpu (default) or cuda")
     args = ap.parse_args()
+    from kit import machine
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-             else f"{platform.machine()}, {torch.get_num_threads()} torch threads")
+             else f"{machine.cpu_model()} ({platform.machine()}; flags: {' '.join(machine.info(False)['cpu_flags'])}"
+                  f"{'; ONEDNN_MAX_CPU_ISA=' + isa if isa else ''}), {torch.get_num_threads()} torch threads")
     res = {"machine": f"{where}, torch {torch.__version__}", "device": args.device, "render": [], "train": []}
     for size, batch in (((64, 128), ToyWorld.CHUNK), ((256, 512), 32), ((512, 1024), 8)):
         for fn in (render_uint8, render):
@@ -103,7 +108,9 @@ def main() -> None:
                                       "batch": batch, "images_per_s": round(ips, 1)})
                 print(f"{fn.__name__:12s} {domain:9s} {size[0]:4d}x{size[1]:<5d} batch {batch:3d}: "
                       f"{ips:8.1f} images/s", flush=True)
-    for amp, cl in (("off", False), ("bf16", True)):
+    auto = "bf16" if machine.amp_dtype(args.device, "auto") is not None else "off"
+    res["auto_precision"] = "bf16" if auto == "bf16" else "fp32"
+    for amp, cl in dict.fromkeys([("off", False), ("off", True), (auto, True)]):
         ips = time_train(amp, cl, args.reps, args.device)
         res["train"].append({"amp": amp, "channels_last": cl, "images_per_s": round(ips, 1),
                              "steps_per_s": round(ips / 8, 2)})
@@ -119,7 +126,7 @@ def main() -> None:
     rounds = []
     for _ in range(args.rounds):
         r64 = min(time_render(d, (64, 128), ToyWorld.CHUNK, args.reps, args.device) for d in ("synthetic", "real"))
-        t64 = time_train("bf16", True, args.reps, args.device)
+        t64 = time_train(auto, True, args.reps, args.device)
         rounds.append({"render_uint8": round(r64, 1), "train": round(t64, 1), "ratio": round(r64 / t64, 1)})
         print(f"paired round: render_uint8 {r64:7.1f} images/s, training {t64:6.1f} images/s, ratio {r64 / t64:5.1f}x",
               flush=True)

@@ -216,7 +216,8 @@ def busy_cores(window: float = 0.25) -> float | None:
 def set_threads(threads: int | None = None) -> int:
     """Set torch's CPU threads and return how many it uses.
 
-    ``None``: every core, less the cores other processes keep busy *now* (at least one).
+    ``None``: every core, less the cores other processes keep busy *now* (a core counts when
+    it is at least 70% busy; at least one thread is left).
     A load average would count the work this very session just finished (the previous
     notebook in ``make run``) and halve the threads of a quiet machine; an instantaneous
     sample does not. Threads change only the order of floating-point sums, so results can
@@ -228,10 +229,12 @@ def set_threads(threads: int | None = None) -> int:
         torch.set_num_threads(threads)
         return torch.get_num_threads()
     cores = os.cpu_count() or 1
-    busy = busy_cores()
+    busy = busy_cores(0.5)
     if busy is None and hasattr(os, "getloadavg"):
         busy = os.getloadavg()[0]
-    n = max(1, min(cores, cores - int(round(busy or 0.0))))
+    # a core counts as taken when it is at least 70% busy: the Jupyter client that started
+    # this kernel (papermill, nbval) polls at up to half a core while a notebook starts
+    n = max(1, min(cores, cores - int((busy or 0.0) + 0.3)))
     torch.set_num_threads(n)
     return torch.get_num_threads()
 

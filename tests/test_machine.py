@@ -97,6 +97,10 @@ def test_set_threads(monkeypatch):
         assert set_threads(None) == 1
         monkeypatch.setattr(machine, "busy_cores", lambda window=0.25: 0.1)    # a quiet machine: every core
         assert set_threads(None) == 2
+        monkeypatch.setattr(machine, "busy_cores", lambda window=0.25: 0.6)    # a polling Jupyter client
+        assert set_threads(None) == 2
+        monkeypatch.setattr(machine, "busy_cores", lambda window=0.25: 0.8)
+        assert set_threads(None) == 1
         monkeypatch.setattr(machine, "busy_cores", lambda window=0.25: 5.0)    # never below one thread
         assert set_threads(None) == 1
         monkeypatch.setattr(machine, "busy_cores", lambda window=0.25: None)   # no /proc/stat: load average
