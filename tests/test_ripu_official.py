@@ -448,3 +448,28 @@ def test_cityscapes_label_resolution_dataset(tmp_path):
     assert tuple(lab[0][1].shape) == (H, W) and tuple(lab[0][0].shape[-2:]) == (H // 2, W // 2)
     pool = ripu.ActivePool(train, labels=lab)
     assert (pool.h, pool.w) == (H, W) and tuple(pool[0][1].shape) == (H // 2, W // 2)
+
+
+def test_cross_entropies_upsample_with_aligned_corners_as_the_official_code(monkeypatch, tmp_path):
+    """Official RIPU: F.interpolate(..., mode="bilinear", align_corners=True) before both CEs."""
+    import torch.nn.functional as F
+
+    from kit import losses as kl
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 4, 4, 8), torch.randint(0, 4, (2, 16, 32))
+    ref = F.cross_entropy(F.interpolate(logits, size=(16, 32), mode="bilinear", align_corners=True), labels)
+    torch.testing.assert_close(kl.seg_loss(logits, labels, align_corners=True), ref)
+    assert not torch.allclose(kl.seg_loss(logits, labels), ref)          # the kit's default differs
+    seen = []
+    orig = kl.seg_loss
+
+    def spy(lg, lab, *a, **k):
+        seen.append(k.get("align_corners", False))
+        return orig(lg, lab, *a, **k)
+
+    monkeypatch.setattr(kl, "seg_loss", spy)
+    cfg = resolve("smoke", "ripu", cache_dir=str(tmp_path), init="pretrained", iters=1, rounds=1,
+                  select_at=[0], eval_items=2)
+    ripu.train_ripu(cfg, 0)
+    assert len(seen) >= 2 and all(seen)        # source CE and target CE of the training step

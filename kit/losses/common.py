@@ -15,12 +15,15 @@ from ..data.labels import IGNORE_INDEX
 __all__ = ["upsample", "check_labels", "seg_loss"]
 
 
-def upsample(logits: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear upsampling of logits to ``size`` (H, W) (no-op if already that size)."""
+def upsample(logits: torch.Tensor, size, align_corners: bool = False) -> torch.Tensor:
+    """Bilinear upsampling of logits to ``size`` (H, W) (no-op if already that size).
+
+    ``align_corners=True`` is what the official AdaptSegNet (PyTorch >= 0.4) and RIPU code use
+    before their losses; the kit's default is False (PyTorch's default)."""
     size = tuple(size)
     if tuple(logits.shape[-2:]) == size:
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
@@ -34,10 +37,11 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = IGN
 
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
+             weight: torch.Tensor | None = None, align_corners: bool = False) -> torch.Tensor:
     """Pixel-wise cross-entropy, ignoring ``ignore_index``, mean over valid pixels.
 
-    Logits are upsampled to the label size first (as AdaptSegNet and its successors do).
+    Logits are upsampled to the label size first (as AdaptSegNet and its successors do;
+    ``align_corners`` as in :func:`upsample`).
     If no pixel is valid the loss is 0 (with a gradient path), not NaN.
 
     >>> logits = torch.zeros(1, 3, 2, 2); labels = torch.tensor([[[0, 1], [2, 255]]])
@@ -45,7 +49,7 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGN
     1.0986
     """
     check_labels(labels, logits.shape[1], ignore_index)
-    logits = upsample(logits, labels.shape[-2:]).float()
+    logits = upsample(logits, labels.shape[-2:], align_corners).float()
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index)

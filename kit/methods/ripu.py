@@ -42,7 +42,8 @@ Fidelity to the official code (BIT-DA/RIPU), with the config fields that choose:
   profile's default): ``ceil(H*W * budget / rounds / (2k+1)^2)`` regions per image and round.
 * ``cr_variant="official"``: the official L_cr (Laplacian boundary mask with zero padding,
   replicate-padded 3x3 mean); ``"in_image"``: the kit's earlier form.
-* L_nl on the target logits upsampled (``align_corners=True``) to the training size.
+* L_nl on the target logits upsampled (``align_corners=True``) to the training size; the
+  source and target cross-entropies upsample with ``align_corners=True`` too, as the official code.
 * The source-free configuration of the official code (``RA_source_free``): :func:`preset_config`
   with ``"ra_source_free"``.
 
@@ -406,7 +407,7 @@ class RIPUStep:
             xs, ys = batch["source"]
             with engine.autocast():
                 out_s = G(xs)
-                l_src = losses.seg_loss(out_s["out"], ys)
+                l_src = losses.seg_loss(out_s["out"], ys, align_corners=True)   # as the official code
                 l_cr = losses.local_consistency_loss(out_s["out"], ys, variant=self.cr_variant) \
                     if self.lambda_cr else l_src * 0
                 loss_s = l_src + self.lambda_cr * l_cr
@@ -414,7 +415,7 @@ class RIPUStep:
             logs.update(src=l_src.detach(), cr=l_cr.detach())
         with engine.autocast():
             out_t = G(xt)
-            l_tgt = losses.seg_loss(out_t["out"], yt)
+            l_tgt = losses.seg_loss(out_t["out"], yt, align_corners=True)
             # L_nl on the logits upsampled to the training size, as the official code
             l_nl = losses.negative_learning_loss(out_t["out"], self.tau, size=xt.shape[-2:]) \
                 if self.lambda_nl else l_tgt * 0
