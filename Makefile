@@ -27,7 +27,7 @@ test: setup
 	KIT_HEADLESS=1 $(BIN)/python -m pytest
 
 unit: setup
-	$(BIN)/python -m pytest -p no:nbval -o addopts="" tests
+	$(BIN)/python -m pytest -p no:nbval -o addopts="" --doctest-modules tests kit
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
