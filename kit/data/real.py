@@ -1,5 +1,5 @@
-"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, and a
-generic image/label folder reader (BDD100K, CamVid, your own data).
+"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, BDD100K and
+CamVid (the last two for CDCL), and a generic image/label folder reader (your own data).
 
 Every reader is a ``torch.utils.data.Dataset`` whose items are ``(image, label)``:
 
@@ -32,13 +32,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .labels import (
-    CITYSCAPES_CLASSES, CITYSCAPES_IDS, IGNORE_INDEX, SYNTHIA_IDS, IdMapping,
+    CAMVID_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_IDS, IGNORE_INDEX, SYNTHIA_IDS, IdMapping,
     UnknownLabelIdError, subset_classes, subset_for,
 )
 from .transforms import image_to_tensor
 
 __all__ = [
-    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "FolderSegmentation",
+    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "BDD100K", "CamVid", "FolderSegmentation",
     "read_image", "read_label_ids", "read_synthia_label", "decode_png", "png_header",
     "SegmentationFiles",
 ]
@@ -519,3 +519,37 @@ class FolderSegmentation(SegmentationFiles):
         super().__init__(images, labels, mapping, classes, transform, max_items,
                          label_reader=reader)
         self.image_dir, self.label_dir = image_dir, label_dir
+
+
+# --------------------------------------------------------------------------- BDD100K, CamVid
+
+
+class BDD100K(FolderSegmentation):
+    """BDD100K semantic segmentation: ``images/<split>/<n>.jpg`` with
+    ``labels/<split>/<n>_train_id.png`` holding the 19 Cityscapes train ids (255 = ignore).
+
+    ``root`` is the ``bdd100k`` folder; ``split`` names the subfolders (``train``, ``val``).
+    """
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 max_items: int | None = None):
+        root = Path(root)
+        super().__init__(root / "images" / split, root / "labels" / split,
+                         classes=CITYSCAPES_CLASSES, image_suffix=".jpg", label_strip="_train_id",
+                         transform=transform, max_items=max_items)
+
+
+class CamVid(FolderSegmentation):
+    """CamVid as SegNet distributes it: ``<split>/<n>.png`` with ``<split>annot/<n>.png``
+    holding class ids 0..10 (:data:`kit.data.labels.CAMVID_CLASSES`) and 11 = void (-> 255).
+
+    ``root`` is the ``camvid`` folder; ``split`` is ``train``, ``val`` or ``test``.
+    """
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 max_items: int | None = None):
+        root = Path(root)
+        label_map: dict[int, int | None] = {i: i for i in range(len(CAMVID_CLASSES))}
+        label_map[11] = None
+        super().__init__(root / split, root / f"{split}annot", label_map=label_map,
+                         classes=CAMVID_CLASSES, transform=transform, max_items=max_items)
