@@ -6,9 +6,12 @@ median time in ms over ``--reps`` repetitions of:
 * Cityscapes/GTA5 labelIds PNG, 2048x1024 uint8: decode (Pillow) and id -> train id
   mapping (LUT gather with the unknown-id check, as the readers do it), next to a
   naive per-class loop for comparison;
-* SYNTHIA GT/LABELS PNG, 1280x760 16-bit RGBA: decode of the class channel with the
-  numpy PNG decoder, once with None/Sub/Up row filters (fast path) and once with
-  Paeth rows (wavefront path; the slower case), and the LUT mapping.
+* SYNTHIA GT/LABELS PNG, 1280x760 16-bit RGBA, three files (None/Sub/Up row filters,
+  Paeth rows, and OpenCV's own choice of filters): the class channel decoded by the
+  kit (``read_synthia_label``, OpenCV) next to the numpy + zlib decoder the kit used
+  before (``png_numpy_reference.py``), with a bit-exact check of both decoders against
+  the array that was written (all four channels, and the class channel alone); then
+  the LUT mapping.
 
 Run: ``python benchmarks/bench_labels.py [--reps 20]``.
 """
@@ -22,11 +25,13 @@ import time
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from kit.data.labels import CITYSCAPES_ID_TO_TRAIN_ID, CITYSCAPES_IDS, SYNTHIA_IDS, SYNTHIA_16
-from kit.data.real import read_label_ids, read_synthia_label
+from kit.data.real import decode_png, read_label_ids, read_synthia_label
+from png_numpy_reference import decode_png as decode_png_numpy  # beside this script
 
 
 def median_ms(fn, reps: int) -> float:
@@ -37,6 +42,20 @@ def median_ms(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
+
+
+def paired_ms(fn_a, fn_b, reps: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Median (wall ms, CPU ms of this thread) of ``fn_a`` and of ``fn_b``, timed
+    alternately so that a load from other processes falls on both alike."""
+    fn_a(), fn_b()  # warm-up
+    res = {0: ([], []), 1: ([], [])}
+    for _ in range(reps):
+        for k, fn in enumerate((fn_a, fn_b)):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            res[k][0].append(time.perf_counter() - w0)
+            res[k][1].append(time.thread_time() - c0)
+    return tuple((1000 * statistics.median(w), 1000 * statistics.median(c)) for w, c in res.values())
 
 
 def blocky_ids(h: int, w: int, ids, seed: int = 0) -> np.ndarray:
@@ -111,13 +130,24 @@ def main() -> None:
         lab = np.stack([ids, inst, inst, np.full_like(ids, 65535)], -1)
         mapping = SYNTHIA_IDS.then(SYNTHIA_16)
         syn_reps = max(3, reps // 2)
-        print(f"SYNTHIA GT/LABELS 1280x760 16-bit RGBA, median of {syn_reps}:")
-        for filt, name in ((None, "None/Sub/Up rows"), (4, "Paeth rows     ")):
+        print(f"SYNTHIA GT/LABELS 1280x760 16-bit RGBA, class channel, median of {syn_reps} "
+              f"(OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads):")
+        print("  wall (CPU) ms; the two decoders alternate, so both see the same load")
+        print("  file filters         kit (OpenCV)         numpy+zlib (before)  bit-exact")
+        for filt, name in ((None, "None/Sub/Up rows"), (4, "Paeth rows"), ("cv2", "OpenCV's choice")):
             p = tmp / f"synthia_{filt}.png"
-            write_png16(lab, p, filt)
-            assert np.array_equal(read_synthia_label(p), ids)
-            print(f"  decode channel 0, {name}       "
-                  f"{median_ms(lambda: read_synthia_label(p), syn_reps):8.2f} ms")
+            if filt == "cv2":
+                cv2.imwrite(str(p), lab[:, :, [2, 1, 0, 3]])  # OpenCV writes BGRA order
+            else:
+                write_png16(lab, p, filt)
+            exact = (np.array_equal(decode_png(p), lab) and np.array_equal(decode_png_numpy(p), lab)
+                     and np.array_equal(read_synthia_label(p), ids)
+                     and np.array_equal(decode_png_numpy(p, channels=[0])[:, :, 0], ids))
+            assert exact, f"{name}: a decoder differs from the written array"
+            t_new, t_old = paired_ms(lambda: read_synthia_label(p),
+                                     lambda: decode_png_numpy(p, channels=[0])[:, :, 0], syn_reps)
+            print(f"  {name:18s} {t_new[0]:8.2f} ({t_new[1]:6.2f}) ms {t_old[0]:8.2f} ({t_old[1]:6.2f}) ms"
+                  f"   {'yes' if exact else 'NO'}")
         syn = read_synthia_label(p)
         print(f"  map: LUT + unknown-id check -> int64  {median_ms(lambda: mapping(syn), reps):8.2f} ms")
 

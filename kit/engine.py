@@ -17,6 +17,9 @@ Under ``torchrun`` (see :mod:`kit.distributed`) the same engine trains data-para
 ``batch_size`` is per process, modules with trainable parameters are wrapped in
 DistributedDataParallel, each process reads a disjoint slice of every global batch,
 and rank 0 alone shows progress, evaluates and writes checkpoints.
+
+Inference and evaluation (``predict``, ``evaluate``, ``EvalResult``) live in
+:mod:`kit.evaluation`; they are re-exported here for code that imports them from the engine.
 """
 from __future__ import annotations
 
@@ -25,18 +28,17 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
 from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from .evaluation import EvalResult, evaluate, predict  # noqa: F401  (re-exported: their old home)
 from .machine import amp_dtype, autocast, resolve_device, set_threads  # noqa: F401  (re-exported)
-from .metrics import ConfusionMatrix
 
 __all__ = [
     "seed_everything", "set_threads", "resolve_device", "autocast", "BatchStream", "make_optimizer", "poly_lr",
@@ -496,77 +498,3 @@ class Engine:
         for m in self.modules.values():
             m.eval()
         return self.history
-
-
-# ----------------------------------------------------------------------------------
-# Inference and evaluation
-# ----------------------------------------------------------------------------------
-def _logits(model: nn.Module, x: torch.Tensor, key: str = "out", **kw) -> torch.Tensor:
-    out = model(x, **kw)
-    return out[key] if isinstance(out, Mapping) else out
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, size: Sequence[int] | None = None, flip: bool = False,
-            amp: str = "auto", key: str = "out", **kw) -> torch.Tensor:
-    """Class probabilities [B,C,H,W] at ``size`` (default: the input size), optionally flip-averaged."""
-    dev = next(model.parameters()).device
-    x = images.to(dev)
-    size = tuple(size) if size is not None else tuple(x.shape[-2:])
-    with autocast(dev, amp):
-        logits = _logits(model, x, key, **kw)
-        prob = F.softmax(F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False), dim=1)
-        if flip:
-            lf = _logits(model, x.flip(-1), key, **kw)
-            prob = prob + F.softmax(F.interpolate(lf.float(), size=size, mode="bilinear", align_corners=False), 1).flip(-1)
-            prob = prob / 2
-    return prob
-
-
-@dataclass
-class EvalResult:
-    """mIoU (in %, as the papers report it), per-class IoU (%) and the confusion matrix."""
-
-    miou: float
-    iou: np.ndarray
-    confusion: torch.Tensor
-    accuracy: float
-    classes: tuple[str, ...] | None = None
-
-    def table(self):
-        from .metrics import iou_table
-
-        return iou_table(self.confusion, self.classes)
-
-    def as_dict(self) -> dict:
-        names = self.classes or tuple(str(i) for i in range(len(self.iou)))
-        return {"miou": self.miou, "accuracy": self.accuracy,
-                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, self.iou)}}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None, batch_size: int = 16,
-             flip: bool = False, amp: str = "auto", classes: Sequence[str] | None = None,
-             max_items: int | None = None, num_workers: int = 0, **kw) -> EvalResult:
-    """Evaluate a segmentation model on a dataset with one dataset-level confusion matrix.
-
-    Predictions are upsampled to the label size. Returns an :class:`EvalResult` with
-    mIoU in percent. Extra keyword arguments are passed to the model (e.g. ``head=1``).
-    """
-    classes = tuple(classes) if classes is not None else tuple(getattr(dataset, "classes", ()) or ()) or None
-    if num_classes is None:
-        num_classes = getattr(dataset, "num_classes", None) or (len(classes) if classes else None)
-    if num_classes is None:
-        raise ValueError("num_classes is needed for a dataset without a 'num_classes' attribute")
-    was_training = model.training
-    model.eval()
-    cm = ConfusionMatrix(num_classes)
-    n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
-    sub = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset  # type: ignore[arg-type]
-    loader = DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, y in loader:
-        prob = predict(model, x, size=y.shape[-2:], flip=flip, amp=amp, **kw)
-        cm.update(prob.argmax(1).cpu(), y)
-    model.train(was_training)
-    iou = cm.iou()
-    return EvalResult(100 * cm.miou(), 100 * iou, cm.matrix, cm.pixel_accuracy(), classes)

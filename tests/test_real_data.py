@@ -284,6 +284,28 @@ def test_png_decoder_matches_pillow_and_keeps_16_bits(tmp_path):
         assert np.array_equal(read_synthia_label(tmp_path / "c.png"), b[:, :, 0]), filters
 
 
+def test_synthia_label_written_by_opencv_and_gray_alpha(tmp_path):
+    """A label saved by OpenCV (BGRA in memory, RGBA on disk) gives its R channel; a
+    16-bit gray+alpha file gives its gray channel; broken files raise ValueError."""
+    cv2 = pytest.importorskip("cv2")
+    rgba = np.random.default_rng(1).integers(0, 65536, (7, 9, 4)).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "cv.png"), rgba[:, :, [2, 1, 0, 3]])
+    assert np.array_equal(decode_png(tmp_path / "cv.png"), rgba)
+    assert np.array_equal(read_synthia_label(tmp_path / "cv.png"), rgba[:, :, 0])
+    assert np.array_equal(decode_png(tmp_path / "cv.png", channels=[3, 0]), rgba[:, :, [3, 0]])
+    png16(rgba[:, :, :2], tmp_path / "la.png")  # color type 4: gray + alpha
+    assert np.array_equal(read_synthia_label(tmp_path / "la.png"), rgba[:, :, 0])
+    with pytest.raises(ValueError, match=r"has 4 channel\(s\), asked for \[4\]"):
+        decode_png(tmp_path / "cv.png", channels=[4])
+    data = (tmp_path / "cv.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:40])  # header intact, pixel data cut
+    with pytest.raises(ValueError, match="cut.png"):
+        read_synthia_label(tmp_path / "cut.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="junk.png"):
+        decode_png(tmp_path / "junk.png")
+
+
 def test_synthia_reads_16bit_labels(tmp_path):
     root = make_synthia(tmp_path / "syn")
     for k in range(3):  # the three encodings give the same class ids

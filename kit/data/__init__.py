@@ -1,4 +1,6 @@
-"""Data: the toy world, real-dataset readers, joint transforms and label spaces.
+"""Data: the toy world, real-dataset readers (:mod:`kit.data.real`), joint transforms,
+label spaces, image mixing (:mod:`kit.data.mixing`, ClassMix) and dataset wrappers
+(:mod:`kit.data.wrappers`: :class:`Unlabeled`, alias ``ImagesOnly``).
 
 :func:`make_da_datasets` gives the four datasets of a domain-adaptation experiment
 (source/target x train/val) from a config: the toy world by default, or the real
@@ -15,9 +17,10 @@ import torch.nn.functional as F
 
 from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 from .world import DOMAINS, WORLD_CLASSES, ToyWorld, get_domain, render
+from .wrappers import ImagesOnly, Unlabeled
 
 __all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",
-           "CITYSCAPES_CLASSES", "ResizeImage"]
+           "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly"]
 
 
 class ResizeImage:

@@ -100,6 +100,20 @@ SYNTHIA_13: list[int] = [0, 1, 2, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]
 
 CLASS_SUBSETS: dict[int, list[int]] = {19: list(range(19)), 16: SYNTHIA_16, 13: SYNTHIA_13}
 
+# CamVid as SegNet distributes it (11 classes, ids 0..10 in this order, 11 = void).
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "sidewalk", "vegetation", "traffic sign", "fence", "car",
+    "person", "bicycle",
+)
+#: CamVid (SegNet) class -> the Cityscapes classes it covers, for label remapping (CDCL)
+CAMVID_TO_CITYSCAPES: dict[str, tuple[str, ...]] = {
+    "sky": ("sky",), "building": ("building", "wall"), "pole": ("pole",), "road": ("road",),
+    "sidewalk": ("sidewalk",), "vegetation": ("vegetation", "terrain"),
+    "traffic sign": ("traffic sign", "traffic light"), "fence": ("fence",),
+    "car": ("car", "truck", "bus", "train"), "person": ("person",),
+    "bicycle": ("rider", "motorcycle", "bicycle"),
+}
+
 
 def subset_for(num_classes: int) -> list[int]:
     """The 19-class train ids kept by the 19-, 16- or 13-class protocol."""

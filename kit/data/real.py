@@ -1,5 +1,5 @@
-"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, and a
-generic image/label folder reader (BDD100K, CamVid, your own data).
+"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, BDD100K and
+CamVid (the last two for CDCL), and a generic image/label folder reader (your own data).
 
 Every reader is a ``torch.utils.data.Dataset`` whose items are ``(image, label)``:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -33,13 +32,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .labels import (
-    CITYSCAPES_CLASSES, CITYSCAPES_IDS, IGNORE_INDEX, SYNTHIA_IDS, IdMapping,
+    CAMVID_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_IDS, IGNORE_INDEX, SYNTHIA_IDS, IdMapping,
     UnknownLabelIdError, subset_classes, subset_for,
 )
 from .transforms import image_to_tensor
 
 __all__ = [
-    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "FolderSegmentation",
+    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "BDD100K", "CamVid", "FolderSegmentation",
     "read_image", "read_label_ids", "read_synthia_label", "decode_png", "png_header",
     "SegmentationFiles",
 ]
@@ -65,7 +64,6 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # color type -> samples per pixel
 
 
 def png_header(path) -> dict:
@@ -80,112 +78,39 @@ def png_header(path) -> dict:
 
 
 def decode_png(path, channels: Sequence[int] | None = None) -> np.ndarray:
-    """Decode an 8- or 16-bit, non-palette, non-interlaced PNG with numpy + zlib.
+    """Decode a PNG with OpenCV, keeping every sample's full value (8 or 16 bits).
 
-    Returns ``[H, W, C]`` uint8 or uint16 with the full sample values (Pillow cannot
-    do this for 16-bit RGB/RGBA PNGs: it keeps only the high byte of each sample).
-    ``channels`` selects samples (e.g. ``[0]``); only the bytes of those samples are
-    unfiltered, which makes the decode of one channel several times cheaper.
+    Returns ``[H, W, C]`` uint8 or uint16 in the file's channel order: gray ``C=1``,
+    RGB ``C=3``, RGBA ``C=4`` (OpenCV's BGR(A) order is undone here). Gray+alpha files
+    come back as RGBA with the gray value in R, G and B; palette files as the RGB colors
+    of their palette (use :func:`read_label_ids` for palette indices). ``channels``
+    selects channels of that result (e.g. ``[0]`` for R).
 
-    Rows filtered with None/Sub/Up are undone row by row with vectorized numpy
-    (Sub is a cumulative sum mod 256). Average and Paeth depend on the already decoded
-    left neighbour, so when they occur the image is undone along anti-diagonals
-    (a wavefront: every pixel on one diagonal depends only on the two previous
-    diagonals), which is vectorized over up to ``min(H, W)`` pixels per step.
+    Pillow cannot be used for 16-bit RGB(A) PNGs: it keeps only the high byte of each
+    sample. Raises ``ValueError`` naming the file if it cannot be decoded.
     """
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:8] != _PNG_SIGNATURE:
-        raise ValueError(f"{path}: not a PNG file")
-    pos, idat, header = 8, [], None
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if ctype == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body[:13])
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    if header is None or not idat:
-        raise ValueError(f"{path}: truncated PNG (no IHDR or IDAT chunk)")
-    width, height, depth, color_type, _, _, interlace = header
-    if color_type not in _PNG_CHANNELS or depth not in (8, 16) or interlace:
-        raise ValueError(f"{path}: decode_png handles 8/16-bit non-palette non-interlaced "
-                         f"PNGs; got bit depth {depth}, color type {color_type}, "
-                         f"interlace {interlace}")
-    n_ch = _PNG_CHANNELS[color_type]
-    bps = depth // 8  # bytes per sample
-    bpp = n_ch * bps  # bytes per pixel: the filters' "left neighbour" distance
+    import cv2  # imported here: only the SYNTHIA reader needs it
+
+    buf = np.fromfile(path, np.uint8)  # read + imdecode: also handles non-ASCII paths
     try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise ValueError(f"{path}: corrupt PNG data ({e})") from None
-    stride = width * bpp
-    if len(raw) < height * (stride + 1):
-        raise ValueError(f"{path}: truncated PNG data")
-    rows = np.frombuffer(raw, np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
-    ftypes = rows[:, 0]
-    if ftypes.max(initial=0) > 4:
-        raise ValueError(f"{path}: invalid PNG filter type {int(ftypes.max())}")
-    chans = list(range(n_ch)) if channels is None else [int(c) for c in channels]
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise ValueError(f"{path}: cannot decode PNG ({e})") from None
+    if arr is None:
+        raise ValueError(f"{path}: cannot decode PNG (not a PNG, or a truncated or corrupt one)")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    n_ch = arr.shape[2]
+    if channels is None:
+        if n_ch in (3, 4):
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if n_ch == 3 else cv2.COLOR_BGRA2RGBA)
+        return arr
+    rgb_order = {3: [2, 1, 0], 4: [2, 1, 0, 3]}.get(n_ch, list(range(n_ch)))  # BGR(A) -> RGB(A)
+    chans = [int(c) for c in channels]
     if any(not 0 <= c < n_ch for c in chans):
         raise ValueError(f"{path}: has {n_ch} channel(s), asked for {chans}")
-    lanes = [c * bps + k for c in chans for k in range(bps)]
-    filt = rows[:, 1:].reshape(height, width, bpp)[:, :, lanes]  # bytes are independent per lane
-    if ftypes.max(initial=0) <= 2:
-        out = _unfilter_rows(filt, ftypes)
-    else:
-        out = _unfilter_wavefront(filt, ftypes)
-    if bps == 2:
-        out = out.astype(np.uint16)
-        out = (out[:, :, 0::2] << 8) | out[:, :, 1::2]  # big-endian samples
-    return out
-
-
-def _unfilter_rows(filt: np.ndarray, ftypes: np.ndarray) -> np.ndarray:
-    """Undo None (0), Sub (1) and Up (2) filters: [H, W, L] uint8 (uint8 math wraps mod 256)."""
-    out = np.empty_like(filt)
-    prev = np.zeros_like(filt[0])
-    for r, f in enumerate(ftypes.tolist()):
-        if f == 0:
-            out[r] = filt[r]
-        elif f == 1:
-            np.cumsum(filt[r], axis=0, dtype=np.uint8, out=out[r])
-        else:
-            np.add(filt[r], prev, out=out[r])
-        prev = out[r]
-    return out
-
-
-def _unfilter_wavefront(filt: np.ndarray, ftypes: np.ndarray) -> np.ndarray:
-    """Undo any mix of the five PNG filters along anti-diagonals t = row + column.
-
-    Skewed storage ``S[t + 2, r + 1] = out[r, t - r]`` turns each diagonal into one
-    contiguous slice; left, up and up-left neighbours of diagonal t are slices of
-    diagonals t-1, t-1 and t-2. Two leading zero diagonals and one zero row stand in
-    for the image border (which PNG defines as 0).
-    """
-    h, w, lanes = filt.shape
-    rr = np.arange(h)[:, None]
-    tt = rr + np.arange(w)[None, :]
-    skew_raw = np.zeros((h + w - 1, h, lanes), np.int16)
-    skew_raw[tt, rr] = filt
-    s = np.zeros((h + w + 1, h + 1, lanes), np.int16)
-    f = ftypes.astype(np.int16)[:, None]
-    is_sub, is_up, is_avg, is_paeth = (f == 1), (f == 2), (f == 3), (f == 4)
-    for t in range(h + w - 1):
-        r0, r1 = max(0, t - w + 1), min(h - 1, t) + 1
-        a = s[t + 1, r0 + 1:r1 + 1]   # left      out[r, i-1]
-        b = s[t + 1, r0:r1]           # up        out[r-1, i]
-        c = s[t, r0:r1]               # up-left   out[r-1, i-1]
-        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = (is_sub[r0:r1] * a + is_up[r0:r1] * b + is_avg[r0:r1] * ((a + b) >> 1)
-                + is_paeth[r0:r1] * paeth)
-        s[t + 2, r0 + 1:r1 + 1] = (skew_raw[t, r0:r1] + pred) & 0xFF
-    return s[tt + 2, rr + 1].astype(np.uint8)
+    # one basic slice per channel (a fancy index on the last axis is 20x slower)
+    return np.stack([arr[:, :, rgb_order[c]] for c in chans], axis=-1)
 
 
 # --------------------------------------------------------------------------- readers
@@ -223,10 +148,10 @@ def read_synthia_label(path) -> np.ndarray:
 
     The official files are 16-bit multi-channel PNGs: class id in the first channel,
     instance id in the second. Pillow reads 16-bit RGB(A) PNGs as 8-bit RGB(A),
-    dropping the low byte of every sample (a class id 3 would read as 0), and OpenCV
-    is not a dependency; so such files are decoded by :func:`decode_png` (numpy +
-    zlib), keeping channel 0 only. Single-channel files (16-bit ``I;16`` or 8-bit, e.g.
-    re-saved labels) and 8-bit RGB files (channel 0 taken) are read by Pillow.
+    dropping the low byte of every sample (a class id 3 would read as 0), so such files
+    are decoded by OpenCV (:func:`decode_png`), keeping channel 0 (R) only.
+    Single-channel files (16-bit ``I;16`` or 8-bit, e.g. re-saved labels) and 8-bit RGB
+    files (channel 0 taken) are read by Pillow.
     """
     try:
         head = png_header(path)
@@ -594,3 +519,37 @@ class FolderSegmentation(SegmentationFiles):
         super().__init__(images, labels, mapping, classes, transform, max_items,
                          label_reader=reader)
         self.image_dir, self.label_dir = image_dir, label_dir
+
+
+# --------------------------------------------------------------------------- BDD100K, CamVid
+
+
+class BDD100K(FolderSegmentation):
+    """BDD100K semantic segmentation: ``images/<split>/<n>.jpg`` with
+    ``labels/<split>/<n>_train_id.png`` holding the 19 Cityscapes train ids (255 = ignore).
+
+    ``root`` is the ``bdd100k`` folder; ``split`` names the subfolders (``train``, ``val``).
+    """
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 max_items: int | None = None):
+        root = Path(root)
+        super().__init__(root / "images" / split, root / "labels" / split,
+                         classes=CITYSCAPES_CLASSES, image_suffix=".jpg", label_strip="_train_id",
+                         transform=transform, max_items=max_items)
+
+
+class CamVid(FolderSegmentation):
+    """CamVid as SegNet distributes it: ``<split>/<n>.png`` with ``<split>annot/<n>.png``
+    holding class ids 0..10 (:data:`kit.data.labels.CAMVID_CLASSES`) and 11 = void (-> 255).
+
+    ``root`` is the ``camvid`` folder; ``split`` is ``train``, ``val`` or ``test``.
+    """
+
+    def __init__(self, root, split: str = "train", transform: Callable | None = None,
+                 max_items: int | None = None):
+        root = Path(root)
+        label_map: dict[int, int | None] = {i: i for i in range(len(CAMVID_CLASSES))}
+        label_map[11] = None
+        super().__init__(root / split, root / f"{split}annot", label_map=label_map,
+                         classes=CAMVID_CLASSES, transform=transform, max_items=max_items)

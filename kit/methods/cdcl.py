@@ -38,6 +38,7 @@ from .. import losses
 from ..cache import load_or_train, save_checkpoint
 from ..config import register_method
 from ..data import IGNORE_INDEX, ToyWorld
+from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
 from ..data.world import DOMAINS, WORLD_CLASSES
 from ..engine import Engine, History, evaluate, seed_everything
 from ..models import DSBatchNorm2d, PSPNet, convert_to_dsbn, use_domain
@@ -279,32 +280,17 @@ REAL_LAYOUT = """<data_root>/cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg
 <data_root>/bdd100k/images/{train,val}/*.jpg, labels/{train,val}/*_train_id.png (19 Cityscapes train ids)
 <data_root>/camvid/{train,val}/*.png, {train,val}annot/*.png (SegNet CamVid: 11 classes, 11 = void)"""
 
-CAMVID_CLASSES = ("sky", "building", "pole", "road", "sidewalk", "vegetation", "traffic sign", "fence", "car",
-                  "person", "bicycle")
-#: CamVid (SegNet) class -> the Cityscapes classes it covers, for label remapping on real data
-CAMVID_TO_CITYSCAPES = {"sky": ("sky",), "building": ("building", "wall"), "pole": ("pole",), "road": ("road",),
-                        "sidewalk": ("sidewalk",), "vegetation": ("vegetation", "terrain"),
-                        "traffic sign": ("traffic sign", "traffic light"), "fence": ("fence",),
-                        "car": ("car", "truck", "bus", "train"), "person": ("person",),
-                        "bicycle": ("rider", "motorcycle", "bicycle")}
-
-
 def _real_dataset(root: Path, name: str, split: str, size, train: bool):
-    from ..data import CITYSCAPES_CLASSES, ResizeImage, real
+    from ..data import ResizeImage, real
     from ..data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 
     tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
     if name == "cityscapes":
         return real.Cityscapes(root / "cityscapes", split, transform=tf)
     if name == "bdd100k":
-        return real.FolderSegmentation(root / "bdd100k" / "images" / split, root / "bdd100k" / "labels" / split,
-                                       classes=CITYSCAPES_CLASSES, image_suffix=".jpg", label_strip="_train_id",
-                                       transform=tf)
+        return real.BDD100K(root / "bdd100k", split, transform=tf)
     if name == "camvid":
-        lm = {i: i for i in range(len(CAMVID_CLASSES))}
-        lm[11] = None
-        return real.FolderSegmentation(root / "camvid" / split, root / "camvid" / f"{split}annot", label_map=lm,
-                                       classes=CAMVID_CLASSES, transform=tf)
+        return real.CamVid(root / "camvid", split, transform=tf)
     raise ValueError(f"unknown real dataset {name!r}; expected cityscapes, bdd100k or camvid laid out as\n{REAL_LAYOUT}")
 
 

@@ -3,7 +3,7 @@ Segmentation without Source Data" (arXiv 2106.11653, 2021).
 
 Source-free domain adaptation: the inputs are a model trained on the source and
 *unlabelled* target images -- nothing else. That is structural here: no function of this
-module accepts source data, and every target dataset is wrapped in :class:`Unlabeled`,
+module accepts source data, and every target dataset is wrapped in :class:`kit.data.wrappers.Unlabeled`,
 which hands out ``(image, index)`` and never the label. Three stages, each a separate
 function that starts from the previous model and returns a new one (the input is not
 modified), so they compose in any order or alone:
@@ -20,7 +20,7 @@ modified), so they compose in any order or alone:
 3. :func:`stage3_propagate` -- *information propagation*. Target images are ranked by
    the mean normalized entropy of the stage-2 model; the ``easy_ratio`` most confident are
    "easy", the rest "hard"; half of the classes of an easy image are pasted on a hard one
-   (ClassMix, :func:`class_mix`), so labels of easy images propagate into hard ones. Two
+   (ClassMix, :func:`kit.data.mixing.class_mix`), so labels of easy images propagate into hard ones. Two
    variants (config ``stage3``): ``"kit"`` (default, :func:`stage3_kit`) -- a frozen copy
    of the stage-2 model labels both with the thresholded rule of stage 2; ``"atp"``
    (:func:`stage3_atp`) -- as the authors' later code: an EMA teacher, plain argmax
@@ -47,6 +47,8 @@ from .. import losses
 from ..cache import load_or_train
 from ..config import register_method
 from ..data.labels import IGNORE_INDEX
+from ..data.mixing import class_mix, class_mix_batch  # noqa: F401  (re-exported: their old home)
+from ..data.wrappers import Unlabeled  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, autocast, evaluate, make_optimizer, resolve_device
 from .supervised import build_model, load_or_train_baseline, make_model_optimizer
 
@@ -124,39 +126,6 @@ STAGE_FIELDS: dict[int, tuple[str, ...]] = {
 ATP_FIELDS = ("ema_alpha", "atp_conf_threshold", "atp_jitter", "atp_jitter_prob", "atp_blur_prob", "atp_optimizer",
               "atp_lr", "atp_weight_decay")
 STAGE3_VARIANTS = ("kit", "atp")
-
-
-# ----------------------------------------------------------------------------------
-# Target data without labels
-# ----------------------------------------------------------------------------------
-class Unlabeled(Dataset):
-    """A view of a segmentation dataset that hides its labels: item ``i`` is ``(image, i)``.
-
-    Every stage of DAS3 reads the target through this wrapper, so no code path of the
-    method can touch a target label (and none accepts source data at all).
-    """
-
-    def __init__(self, dataset: Dataset):
-        if isinstance(dataset, Unlabeled):
-            dataset = dataset.dataset
-        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            raise TypeError(f"expected a map-style dataset of (image, label) pairs, got {type(dataset).__name__}")
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        item = self.dataset[i]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        return image, torch.tensor(i, dtype=torch.int64)
-
-    @property
-    def num_classes(self) -> int | None:
-        return getattr(self.dataset, "num_classes", None)
-
-    def __repr__(self) -> str:
-        return f"Unlabeled({self.dataset!r})"
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -295,55 +264,6 @@ def reestimate_bn(model: nn.Module, target: Dataset, n_images: int = 256, batch_
     for m in bns:
         m.momentum = 0.1
     return model.eval()
-
-
-# ----------------------------------------------------------------------------------
-# ClassMix
-# ----------------------------------------------------------------------------------
-def class_mix(image_a: torch.Tensor, label_a: torch.Tensor, image_b: torch.Tensor, label_b: torch.Tensor,
-              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste the pixels of image A where ``mask`` is true onto image B, and the same for labels.
-
-    ``image_*`` [...,3,H,W], ``label_*`` [...,H,W], ``mask`` bool [...,H,W]. Returns
-    ``(mixed_image, mixed_label)``: every pixel's label comes from the image its colour
-    came from, so image and label stay aligned.
-
-    >>> a, b = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
-    >>> m = torch.tensor([[True, False], [False, False]])
-    >>> img, lab = class_mix(a, torch.full((2, 2), 7), b, torch.full((2, 2), 1), m)
-    >>> img[0].tolist(), lab.tolist()
-    ([[1.0, 0.0], [0.0, 0.0]], [[7, 1], [1, 1]])
-    """
-    if mask.dtype != torch.bool or mask.shape != label_a.shape or label_a.shape != label_b.shape:
-        raise ValueError(f"mask must be bool with the labels' shape; got mask {mask.dtype} {tuple(mask.shape)}, "
-                         f"labels {tuple(label_a.shape)} and {tuple(label_b.shape)}")
-    if image_a.shape != image_b.shape or image_a.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(f"images must share a shape [...,3,H,W] matching the mask; got {tuple(image_a.shape)}, "
-                         f"{tuple(image_b.shape)}, mask {tuple(mask.shape)}")
-    m = mask.unsqueeze(-3)
-    return torch.where(m, image_a, image_b), torch.where(mask, label_a, label_b)
-
-
-def class_mix_batch(images_a: torch.Tensor, seg_a: torch.Tensor, labels_a: torch.Tensor, images_b: torch.Tensor,
-                    labels_b: torch.Tensor, generator: torch.Generator | None = None,
-                    ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ClassMix over a batch: for each pair, pick half of the classes of ``seg_a[i]`` (the
-    source image's predicted segmentation, rounded up) at random and paste their regions of
-    image A (with ``labels_a``, its pseudo-labels) onto image B (with ``labels_b``).
-
-    Returns ``(mixed_images [B,3,H,W], mixed_labels [B,H,W], masks [B,H,W])``.
-    """
-    masks = torch.zeros_like(seg_a, dtype=torch.bool)
-    for i in range(seg_a.shape[0]):
-        present = torch.unique(seg_a[i])
-        present = present[present != ignore_index]
-        if present.numel() == 0:
-            continue
-        k = math.ceil(present.numel() / 2)
-        chosen = present[torch.randperm(present.numel(), generator=generator)[:k].to(present.device)]
-        masks[i] = torch.isin(seg_a[i], chosen)
-    images, labels = class_mix(images_a, labels_a, images_b, labels_b, masks)
-    return images, labels, masks
 
 
 # ----------------------------------------------------------------------------------

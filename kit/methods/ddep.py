@@ -43,6 +43,7 @@ from .. import losses
 from ..cache import config_hash, load_or_train
 from ..config import register_method
 from ..data import make_da_datasets
+from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import UNet, UNetFullRes
 from .supervised import supervised_step
@@ -110,23 +111,6 @@ PRETRAIN_KEYS = ("sigma", "sigma_mode", "sigma_range", "noise_scaled", "denoise_
 # ----------------------------------------------------------------------------------
 # Data helpers
 # ----------------------------------------------------------------------------------
-class ImagesOnly(Dataset):
-    """A labeled dataset seen as unlabeled: ``(image, -1)`` -- the label is never handed out."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        return self.dataset[i][0], torch.tensor(-1)
-
-    @property
-    def fingerprint(self):
-        return getattr(self.dataset, "fingerprint", None)
-
-
 class RepeatTo(Dataset):
     """The items ``indices`` of ``dataset``, cycled to at least ``min_len`` items (so a 1% set of a
     small split still fills a batch); ``len(unique)`` stays the number of labeled images."""
