@@ -1,5 +1,9 @@
 """Profiles and per-method defaults, validated.
 
+Every field is declared once, with its default and its section (data, model, optim,
+schedule, method, run, notebook), in the static table :mod:`kit.methods.defaults`; the
+sections decide what enters a model's cache key (:func:`kit.cache.model_key`).
+
 A notebook's ``parameters`` cell sets ``PROFILE`` and optionally overrides fields; the
 next cell calls :func:`resolve`. Unknown profile or field names fail loudly with the
 list of valid ones -- a typo in a papermill ``-p`` flag must never be silently ignored.
