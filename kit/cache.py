@@ -6,6 +6,11 @@ config, the training history, and the SHA-256 of the ``.pt`` file). Both are wri
 to a temporary file in the same folder and moved into place with ``os.replace``; the
 JSON is written last, so a checkpoint without its JSON -- or whose ``.pt`` does not
 match the recorded hash -- is incomplete and is never loaded as valid.
+
+Keys. :func:`model_key` derives a trained model's key from its config: the fields of the
+sections that define a model (:data:`kit.config.KEY_SECTIONS`; never ``run`` or
+``notebook``), the identity of its data (:func:`data_identity`), its seed, and the keys of
+the cached models it starts from. No method keeps a list of fields of its own.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["config_hash", "runs_root", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
+__all__ = ["config_hash", "model_key", "data_identity", "content_fingerprint", "cache_name", "runs_root", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
            "checkpoint_exists", "load_or_train", "CheckpointError"]
 
 
@@ -43,6 +48,116 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
     """A short stable hash of a JSON-like config (key order does not matter)."""
     blob = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+#: items of a dataset without a ``fingerprint`` whose content identifies it
+FINGERPRINT_ITEMS = 8
+
+
+def _hash_item(h, obj: Any) -> None:
+    """Feed one dataset item (tensors, arrays, numbers, nested tuples / dicts) into ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif hasattr(obj, "__array__") and hasattr(obj, "dtype") and hasattr(obj, "shape"):  # numpy arrays
+        import numpy as np
+
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    elif isinstance(obj, Mapping):
+        for k in sorted(obj, key=str):
+            h.update(f"K{k!s}".encode())
+            _hash_item(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _hash_item(h, v)
+    else:
+        h.update(f"V{obj!r}".encode())
+
+
+def content_fingerprint(dataset: Any, items: int = FINGERPRINT_ITEMS) -> str:
+    """An identity of ``dataset`` computed from its content: its type, length, classes (if it
+    names them) and a SHA-256 of ``items`` items at evenly spaced indices (first and last
+    included). Deterministic for a deterministic dataset; a dataset with random augmentation
+    gets a new one in every process (its models are then retrained, never confused)."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise TypeError(f"cannot identify dataset {dataset!r} for the model cache: it has no len(); give it a "
+                        "`fingerprint` attribute (a string that changes whenever its content does)") from None
+    h = hashlib.sha256()
+    classes = getattr(dataset, "classes", None)
+    h.update(json.dumps({"type": type(dataset).__qualname__, "len": n,
+                         "classes": list(classes) if classes is not None else None,
+                         "num_classes": getattr(dataset, "num_classes", None)}, default=str).encode())
+    k = min(int(items), n)
+    idx = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else list(range(k))
+    for i in idx:
+        try:
+            item = dataset[i]
+        except Exception as e:  # noqa: BLE001 - name the dataset and the item
+            raise RuntimeError(f"cannot identify dataset {type(dataset).__name__} for the model cache: reading item "
+                               f"{i} failed ({e}); give it a `fingerprint` attribute") from e
+        h.update(f"I{i}".encode())
+        _hash_item(h, item)
+    return "content-" + h.hexdigest()[:16]
+
+
+def data_identity(dataset: Any) -> str | None:
+    """What a model key records about a dataset: its ``fingerprint`` attribute when it has one
+    (the toy world, the real readers), else :func:`content_fingerprint`, computed once and kept
+    on the object as ``fingerprint``. ``None`` for no dataset."""
+    if dataset is None:
+        return None
+    fp = getattr(dataset, "fingerprint", None)
+    if fp is not None:
+        return str(fp)
+    fp = content_fingerprint(dataset)
+    try:
+        dataset.fingerprint = fp
+    except (AttributeError, TypeError):   # a read-only property or __slots__: compute it again next time
+        pass
+    return fp
+
+
+def model_key(cfg: Mapping[str, Any], method: str, *, seed: int | None, data: Mapping[str, Any] | None = None,
+              parents: tuple | list = (), tags: tuple | list = (), **extra: Any) -> dict:
+    """The cache key of a model that ``method`` trains from ``cfg``.
+
+    * ``config``: ``cfg``'s values of the fields of ``method`` in the sections that define a
+      model (data, model, optim, schedule, method) -- for a method that trains several kinds of
+      model, the untagged ones and those tagged with one of ``tags`` (:func:`kit.config.key_fields`);
+      ``cfg`` may hold more fields (another method's): they do not enter;
+    * ``data``: ``{role: dataset}``, each recorded by :func:`data_identity`;
+    * ``parents``: the cache keys (:func:`cache_name`) of the cached models it starts from;
+    * ``seed`` and ``extra`` (arguments of the training function that are not config fields).
+
+    >>> from kit.config import resolve
+    >>> a = model_key(resolve("smoke"), "supervised", seed=0)
+    >>> a == model_key(resolve("smoke", progress=True, log_every=5), "supervised", seed=0)
+    True
+    >>> a == model_key(resolve("smoke", amp="off"), "supervised", seed=0)
+    False
+    """
+    from .config import key_fields
+
+    names = key_fields(method, tuple(tags))
+    missing = [k for k in names if k not in cfg]
+    if missing:
+        raise KeyError(f"the config lacks fields of method {method!r}: {missing}; "
+                       f"build it with kit.config.resolve(profile, {method!r})")
+    return {"method": method, "tags": sorted(tags), "config": {k: cfg[k] for k in names},
+            "data": {str(role): data_identity(ds) for role, ds in (data or {}).items()},
+            "parents": [str(p) for p in parents], "seed": None if seed is None else int(seed), **extra}
+
+
+def cache_name(name: str, key: Mapping[str, Any]) -> str:
+    """The file stem of a cached model: ``<name>-<hash of key>`` (also ``meta["key"]`` of
+    :func:`load_or_train`, and what a derived model records as its parent)."""
+    return f"{name}-{config_hash(key)}"
 
 
 def runs_root() -> Path:
@@ -152,7 +267,7 @@ def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tupl
     files are kept aside with a ``.corrupt`` suffix, not deleted).
     """
     root = cache_root(cache_dir)
-    key = f"{name}-{config_hash(config)}"
+    key = cache_name(name, config)
     path = root / f"{key}.pt"
     if not force and path.exists():
         try:

@@ -1,5 +1,9 @@
 """Profiles and per-method defaults, validated.
 
+Every field is declared once, with its default and its section (data, model, optim,
+schedule, method, run, notebook), in the static table :mod:`kit.methods.defaults`; the
+sections decide what enters a model's cache key (:func:`kit.cache.model_key`).
+
 A notebook's ``parameters`` cell sets ``PROFILE`` and optionally overrides fields; the
 next cell calls :func:`resolve`. Unknown profile or field names fail loudly with the
 list of valid ones -- a typo in a papermill ``-p`` flag must never be silently ignored.
@@ -19,88 +23,87 @@ import difflib
 import json
 from typing import Any, Mapping
 
-__all__ = ["PROFILES", "METHODS", "Config", "resolve", "register_method", "profile_names"]
+from .methods import defaults as _defaults
+from .methods.defaults import KEY_SECTIONS, SECTIONS, Field
 
-# Fields common to every notebook. Sizes are (H, W).
-_COMMON: dict[str, Any] = {
-    "profile": "quick",
-    "seeds": [0, 1, 2],
-    "device": "auto",            # "auto" = cuda if available, else cpu
-    "amp": "auto",               # "auto" | "bf16" | "off"
-    "channels_last": True,
-    "num_workers": 0,
-    "render_device": "cpu",      # where the toy world renders training images ("auto" = GPU if any)
-    "progress": True,
-    "data_root": None,           # real datasets (paper profile); None = the toy world
-    "source": "synthetic",       # toy-world source domain
-    "target": "real",            # toy-world target domain
-    "size": [64, 128],           # training image size (target)
-    "source_size": None,         # source training size; None = size
-    "eval_size": [64, 128],      # evaluation size (labels at this size)
-    "n_train": 1000,             # toy-world images per training split
-    "n_val": 200,                # toy-world images per validation split
-    # segmentation network
-    "model": "deeplabv2",
-    "depth": 18,
-    "width": 16,
-    "output_stride": 8,
-    "multi_level": False,
-    "official_aspp": False,
-    "aspp_dilations": [1, 2, 3, 4],  # the paper's [6, 12, 18, 24] scaled to 8x16 feature maps
-    "frozen_bn": False,          # BatchNorm: False (trains) | True (eval mode, frozen) | "affine" (affine
-                                 # frozen, batch statistics: AdaptSegNet's official code); kit.models.resnet
-    "pretrained": None,          # path to a torchvision-format ImageNet state_dict
-    # optimisation. The paper profile uses the DeepLab-v2 recipe (SGD, heads at 10x LR,
-    # ImageNet-initialised backbone). The toy profiles train from scratch, where Adam
-    # with one LR for all layers converges in a few hundred steps and SGD does not.
-    "optimizer": "adam",
-    "head_lr_mult": 1.0,
-    "iters": 600,
-    "batch_size": 8,
-    "lr": 2e-3,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "poly_power": 0.9,
-    "eval_every": 0,             # 0 = only at the end
-    "log_every": 10,
-    "eval_batch_size": 32,
-    "flip_eval": False,
-    "cache_dir": None,           # None = $KIT_CACHE or runs/cache
-    "run_dir": None,             # None = runs/<profile>/<notebook>
-}
+__all__ = ["PROFILES", "METHODS", "SECTIONS", "KEY_SECTIONS", "Field", "Config", "resolve", "register_method",
+           "profile_names", "fields", "section_of", "key_fields", "inherit", "INHERITED"]
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "profile": "smoke", "seeds": [0], "size": [32, 64], "eval_size": [32, 64],
-        "n_train": 32, "n_val": 16, "depth": 10, "width": 8, "iters": 4, "batch_size": 4,
-        "eval_batch_size": 16, "log_every": 1, "progress": False,
-    },
-    # quick: a ResNet-10 layout (one basic block per stage; half the FLOPs of ResNet-18,
-    # 1.8x faster per step at fp32 on two AVX2 cores), so that every notebook fits its
-    # budget on the slowest machine the kit supports (README, benchmarks/RESULTS.md).
-    "quick": {"profile": "quick", "depth": 10},
-    "paper": {
-        "profile": "paper", "seeds": [0], "size": [512, 1024], "source_size": [720, 1280],
-        "eval_size": [512, 1024],
-        "n_train": 3000, "n_val": 500, "depth": 101, "width": 64, "iters": 150000,
-        "batch_size": 1, "optimizer": "sgd", "lr": 2.5e-4, "head_lr_mult": 10.0, "frozen_bn": True, "aspp_dilations": [6, 12, 18, 24], "eval_every": 5000,
-        "log_every": 50, "eval_batch_size": 4, "num_workers": 4, "render_device": "auto",
-    },
-}
-
-#: per-method defaults, each a {"common": {...}, "<profile>": {...}} mapping
-METHODS: dict[str, dict[str, dict[str, Any]]] = {
-    "intro": {"common": {}},
-    "supervised": {"common": {}},
-}
+#: common fields, profile presets and per-method fields: one static table (kit.methods.defaults)
+_COMMON: dict[str, Field] = dict(_defaults.COMMON)
+PROFILES: dict[str, dict[str, Any]] = _defaults.PROFILES
+METHODS: dict[str, dict[str, dict[str, Any]]] = _defaults.METHODS
 
 
-def register_method(name: str, defaults: Mapping[str, Mapping[str, Any]]) -> None:
-    """Declare a method's fields (``{"common": {...}, "quick": {...}, ...}``)."""
+def register_method(name: str, defaults: Mapping[str, Mapping[str, Any]],
+                    sections: Mapping[str, str] | None = None) -> None:
+    """Declare a method of your own: ``defaults`` is ``{"common": {...}, "quick": {...}, ...}``
+    (field values at every profile and per profile) and ``sections`` names the section
+    (:data:`SECTIONS`) of each field that is not a common one, e.g.
+    ``register_method("mine", {"common": {"my_weight": 0.1}}, {"my_weight": "method"})``.
+    Fields in the sections ``run`` and ``notebook`` stay out of model cache keys."""
+    sections = dict(sections or {})
     for key in defaults:
         if key != "common" and key not in PROFILES:
             raise ValueError(f"method {name!r}: unknown profile {key!r}; expected 'common' or one of {list(PROFILES)}")
-    METHODS[name] = {k: dict(v) for k, v in defaults.items()}
+    own: dict[str, Field] = {}
+    for values in defaults.values():
+        for k in values:
+            if k in _COMMON or k in own:
+                continue
+            if k not in sections:
+                raise ValueError(f"method {name!r}: field {k!r} needs a section in `sections` "
+                                 f"(one of {list(SECTIONS)}); it decides whether {k!r} is part of model cache keys")
+            if sections[k] not in SECTIONS:
+                raise ValueError(_unknown(f"section of field {k!r}", sections[k], SECTIONS))
+            own[k] = Field(defaults.get("common", {}).get(k), sections[k])
+    common = {k: v for k, v in defaults.get("common", {}).items() if k in _COMMON}
+    METHODS[name] = {"fields": own, "common": common,
+                     **{p: dict(v) for p, v in defaults.items() if p != "common"}}
+
+
+def fields(method: str) -> dict[str, Field]:
+    """Every field of ``method`` (the common ones and its own) with its default and section."""
+    if method not in METHODS:
+        raise ValueError(_unknown("method", method, METHODS))
+    return {**_COMMON, **METHODS[method]["fields"]}
+
+
+def section_of(name: str, method: str | None = None) -> str:
+    """The section of field ``name`` (of ``method``; without it, of whichever method declares it)."""
+    if method is not None:
+        table = fields(method)
+        if name not in table:
+            raise ValueError(_unknown(f"field of method {method!r}", name, table))
+        return table[name].section
+    if name in _COMMON:
+        return _COMMON[name].section
+    for m in METHODS.values():
+        if name in m["fields"]:
+            return m["fields"][name].section
+    raise ValueError(_unknown("config field", name, set(_COMMON).union(*(m["fields"] for m in METHODS.values()))))
+
+
+def key_fields(method: str, tags: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The fields of ``method`` that define one of its models (tagged ``tags``): every field of
+    a section in :data:`KEY_SECTIONS` that is untagged or tagged with one of ``tags``."""
+    tags = set(tags)
+    return sorted(k for k, f in fields(method).items()
+                  if f.section in KEY_SECTIONS and (f.uses is None or tags.intersection(f.uses)))
+
+
+#: the sections a derived method's config hands to the config of the model it starts from
+INHERITED = ("data", "model", "run")
+
+
+def inherit(cfg: Mapping[str, Any], method: str, sections: tuple[str, ...] = INHERITED) -> "Config":
+    """The config of ``method`` at ``cfg``'s profile with ``cfg``'s values of the fields in
+    ``sections`` (by default the data, the network and how to run): the config of the model a
+    derived model starts from (e.g. the source-only model an adapted model is fine-tuned from).
+    The derived method's own training recipe (``iters``, ``lr``, ...) is not carried over."""
+    parent = fields(method)
+    carried = {k: cfg[k] for k in cfg if k in parent and k != "profile" and parent[k].section in sections}
+    return resolve(cfg["profile"], method, **carried)   # a None value keeps the parent's default
 
 
 def profile_names() -> list[str]:
@@ -124,14 +127,22 @@ class Config(dict):
     def to_json(self) -> str:
         return json.dumps(self, sort_keys=True, default=str)
 
-    def hash(self, exclude: tuple[str, ...] = ("progress", "log_every", "cache_dir", "run_dir",
-                                              "num_workers", "eval_batch_size", "device")) -> str:
+    def hash(self) -> str:
+        """A short stable hash of the fields that define a model: every field except those in the
+        ``run`` and ``notebook`` sections (fields no method declares count too)."""
         from .cache import config_hash
 
-        return config_hash({k: v for k, v in self.items() if k not in exclude})
+        return config_hash({k: v for k, v in self.items() if _section_or_none(k) not in ("run", "notebook")})
 
     def subset(self, keys) -> "Config":
         return Config({k: self[k] for k in keys})
+
+
+def _section_or_none(name: str) -> str | None:
+    try:
+        return section_of(name)
+    except ValueError:
+        return None
 
 
 def _unknown(what: str, name: str, valid) -> str:
@@ -201,10 +212,11 @@ def resolve(profile: str = "quick", method: str = "intro", **overrides: Any) -> 
         raise ValueError(_unknown("profile", profile, PROFILES))
     if method not in METHODS:
         raise ValueError(_unknown("method", method, METHODS))
-    cfg: dict[str, Any] = copy.deepcopy(_COMMON)
+    cfg: dict[str, Any] = {k: copy.deepcopy(f.default) for k, f in fields(method).items()}
     cfg.update(copy.deepcopy(METHODS[method].get("common", {})))
     cfg.update(copy.deepcopy(PROFILES[profile]))
     cfg.update(copy.deepcopy(METHODS[method].get(profile, {})))
+    cfg["profile"] = profile
     for key, value in overrides.items():
         key = key.lower()
         if key not in cfg:

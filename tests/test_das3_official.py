@@ -109,7 +109,7 @@ def test_focal_grad_is_a_config_field_of_stage1():
     assert cfg.focal_grad == "detached"
     k1 = das3.stage_key(1, cfg, "src", 0)
     k2 = das3.stage_key(1, dict(cfg, focal_grad="through"), "src", 0)
-    assert k1["focal_grad"] == "detached" and k1 != k2
+    assert k1["config"]["focal_grad"] == "detached" and k1 != k2
     with pytest.raises(ValueError, match="focal_grad"):
         losses.focal_entropic_loss(torch.zeros(1, 3, 2, 2), 5.0, "weighted")
 
@@ -281,7 +281,7 @@ def test_stage3_variant_fields_and_keys(tiny):
     kit = dict(cfg, stage3="kit")
     assert resolve("smoke", "das3").stage3 == "kit"
     k_kit, k_atp = das3.stage_key(3, kit, "s2", 0), das3.stage_key(3, cfg, "s2", 0)
-    assert k_kit != k_atp and "ema_alpha" in k_atp and "ema_alpha" not in k_kit
+    assert k_kit != k_atp and "ema_alpha" in k_atp["config"] and "ema_alpha" not in k_kit["config"]
     assert das3.stage_key(3, dict(kit, ema_alpha=0.99), "s2", 0) == k_kit     # ATP fields do not touch the kit key
     paper = resolve("paper", "das3")
     assert paper.atp_optimizer == "adamw" and paper.atp_lr == pytest.approx(6e-5) and paper.ema_alpha == 0.999

@@ -30,6 +30,9 @@ class ResizeImage:
     def __init__(self, size):
         self.size = (int(size[0]), int(size[1]))
 
+    def __repr__(self) -> str:
+        return f"ResizeImage(size={self.size})"
+
     def __call__(self, image: torch.Tensor, label: torch.Tensor):
         img = F.interpolate(image[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         return img, label

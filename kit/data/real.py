@@ -212,6 +212,23 @@ class SegmentationFiles(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def fingerprint(self) -> str:
+        """The identity of this reader's content for the model cache (:func:`kit.cache.model_key`):
+        the file names and sizes, the classes, the id mapping and the transform. Moving the dataset
+        to another folder keeps it; editing, adding or removing a file changes it."""
+        from ..cache import config_hash
+
+        def stable_repr(obj) -> str:
+            # objects without their own __repr__ would print a memory address: name their type only
+            return repr(obj) if type(obj).__repr__ is not object.__repr__ else type(obj).__qualname__
+
+        files = [[p.parent.name, p.name, p.stat().st_size] for p in self.image_paths + self.label_paths]
+        return config_hash({"type": type(self).__qualname__, "classes": list(self.classes), "files": files,
+                            "mapping": stable_repr(self.mapping), "transform": stable_repr(self.transform),
+                            "label_reader": getattr(self.label_reader, "__name__", stable_repr(self.label_reader))},
+                           length=16)
+
     def __len__(self) -> int:
         return len(self.image_paths)
 
@@ -415,6 +432,9 @@ class _ColorMapping:
                         np.int64)
         order = np.argsort(keys)
         self.keys, self.vals = keys[order], vals[order]
+
+    def __repr__(self) -> str:
+        return f"_ColorMapping({dict(zip(self.keys.tolist(), self.vals.tolist()))})"
 
     def __call__(self, raw: np.ndarray, source: str = "label") -> np.ndarray:
         if raw.ndim != 3 or raw.shape[2] < 3:

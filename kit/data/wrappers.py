@@ -19,7 +19,7 @@ class Unlabeled(Dataset):
     ``i`` is an int64 scalar tensor, so batches collate as usual and a step can look up
     per-item data (e.g. cached pseudo-labels) by index. Items of the wrapped dataset may
     be ``(image, label, ...)`` tuples or bare images. Wrapping twice wraps once. The
-    wrapper keeps ``num_classes`` and ``fingerprint`` (the wrapped dataset's, or None),
+    wrapper keeps ``num_classes`` and ``fingerprint`` (the wrapped dataset's identity),
     so cache keys that read a dataset's identity see through it.
 
     >>> from torch.utils.data import TensorDataset
@@ -50,7 +50,11 @@ class Unlabeled(Dataset):
 
     @property
     def fingerprint(self):
-        return getattr(self.dataset, "fingerprint", None)
+        """The identity of the images: the wrapped dataset's (:func:`kit.cache.data_identity`,
+        a content fingerprint when it has no ``fingerprint`` of its own)."""
+        from ..cache import data_identity
+
+        return data_identity(self.dataset)
 
     def __repr__(self) -> str:
         return f"Unlabeled({self.dataset!r})"

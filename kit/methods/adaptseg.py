@@ -42,64 +42,21 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import load_or_train, save_checkpoint
-from ..config import Config, register_method, resolve
+from ..cache import load_or_train, model_key, save_checkpoint
+from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
 from ..models import FCDiscriminator
-from .supervised import build_model, da_cache_key, load_or_train_baseline, make_model_optimizer
+from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
-           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "load_or_train_adaptseg",
+           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "adaptseg_key", "load_or_train_adaptseg",
            "discriminator_map", "train", "set_requires_grad"]
 
 #: adapted level -> the keys of the network's output dict whose discriminators it trains
 LEVELS: dict[str, tuple[str, ...]] = {"single": ("out",), "multi": ("aux", "out"), "feature": ("feat",)}
 
-# ---------------------------------------------------------------------------------------------
-# Defaults per profile. Paper values (Sec. 4.1 and the official code) in "common"/"paper";
-# the quick profile rescales for the toy world (documented in the notebook).
-# ---------------------------------------------------------------------------------------------
-register_method("adaptseg", {
-    "common": {
-        "level": "multi",          # "single" | "multi" | "feature"
-        "gan": "vanilla",          # "vanilla" (BCE) | "lsgan" (MSE)
-        "lambda_seg": 0.1,         # auxiliary segmentation loss (layer3 head)
-        "lambda_adv": 0.001,       # adversarial weight, main level (layer4 output, or layer4 features)
-        "lambda_adv_aux": 0.0002,  # adversarial weight, auxiliary level (layer3 output)
-        "d_width": 64,             # discriminator channels 64-128-256-512
-        "d_lr": 1e-4,
-        "d_betas": [0.9, 0.99],
-        "init": "pretrained",      # G starts from "pretrained" (cfg.pretrained; None = random) or "source_only"
-        "max_iters": None,         # stop the poly schedule early; None = run all `iters`
-        # G's BatchNorm during adaptation (frozen_bn sets it for the baselines too; this only in the
-        # adapted models): False (trains) | True (eval mode: running statistics fixed, affine not
-        # trained) | "affine" (the official code: affine not trained, the network in train mode, so
-        # BN normalizes with batch statistics and keeps updating the running ones used at evaluation)
-        "bn_frozen": False,
-        "feature_upsample": 1,     # feature-level D: upsample layer4 features by this factor first
-        "eval_items": None,        # target val images for the periodic evaluation; None = all
-        # notebook knobs (not part of any model's cache key)
-        "lambda_sweep": [0.0005, 0.001, 0.002, 0.004],  # the paper's lambda_adv sensitivity sweep
-        "sweep_seeds": None,       # seeds of the sweep; None = the first seed of `seeds`
-    },
-    "smoke": {"init": "source_only", "bn_frozen": True, "iters": 3, "lr": 5e-4, "d_width": 8, "d_lr": 2e-4,
-              "lambda_adv": 0.01, "lambda_adv_aux": 0.002, "feature_upsample": 8, "eval_every": 2,
-              "eval_items": 8, "lambda_sweep": [0.01, 0.02]},
-    # The toy world: G starts from the cached source-only model and is fine-tuned for a short
-    # schedule with Adam (the optimizer the baseline was trained with) at a low learning rate,
-    # BatchNorm frozen as in the paper's DeepLab-v2; adversarial weights and sweep x10; D as wide
-    # as G's widest stage (16-32-64-128; at 64 it had 4x G's parameters and dominated every
-    # step); layer4 features (8x16) upsampled x4 to reach D's 32x32 minimum. Explained in the notebook.
-    "quick": {"init": "source_only", "bn_frozen": True, "iters": 100, "batch_size": 8, "lr": 1e-4,
-              "d_width": 16, "d_lr": 2e-4, "lambda_adv": 0.01, "lambda_adv_aux": 0.002,
-              "lambda_sweep": [0.005, 0.01, 0.02, 0.04], "feature_upsample": 4, "eval_every": 25,
-              "eval_items": 100, "log_every": 10},
-    # paper: the official code's BatchNorm regime (affine frozen, batch statistics) in the
-    # source-only model and in G, not DeepLab-v2's eval-mode frozen BN of the other papers
-    "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000,
-              "frozen_bn": "affine", "bn_frozen": "affine"},
-})
+# Defaults and sections of every field: kit.methods.defaults (METHODS["adaptseg"]).
 
 
 def level_keys(level: str) -> tuple[str, ...]:
@@ -285,12 +242,6 @@ def make_d_optimizer(cfg: Mapping[str, Any], discs: Mapping[str, nn.Module]) -> 
     return make_optimizer("adam", params, float(cfg["d_lr"]), betas=betas)  # type: ignore[arg-type]
 
 
-#: fields shared by the adapted models and the baselines they start from (data and network)
-_SHARED = ("device", "render_device", "amp", "channels_last", "num_workers", "progress", "data_root", "source", "target", "size",
-           "source_size", "eval_size", "n_train", "n_val", "model", "depth", "width", "output_stride",
-           "official_aspp", "aspp_dilations", "frozen_bn", "pretrained", "eval_batch_size", "cache_dir", "seeds")
-
-
 def variant(cfg: Mapping[str, Any], **changes: Any) -> Config:
     """``cfg`` with some fields changed, validated again (e.g. ``variant(cfg, level="single", gan="lsgan")``)."""
     fields = {k: v for k, v in cfg.items() if k != "profile"}
@@ -309,8 +260,9 @@ def variant(cfg: Mapping[str, Any], **changes: Any) -> Config:
 def baseline_config(cfg: Mapping[str, Any]) -> Config:
     """The supervised config of the same profile, data and network: the cached source-only model
     and oracle the adapted models are compared with (and, with ``init="source_only"``, start from).
-    The adaptation schedule (``iters``, ``lr``, ``batch_size`` ...) is *not* carried over."""
-    return resolve(cfg["profile"], "supervised", **{k: cfg[k] for k in _SHARED if k in cfg})
+    Its data, network and run fields are ``cfg``'s (:func:`kit.config.inherit`); the adaptation
+    schedule (``iters``, ``lr``, ``batch_size`` ...) is *not* carried over."""
+    return inherit(cfg, "supervised")
 
 
 def _validate(cfg: Mapping[str, Any]) -> None:
@@ -384,8 +336,15 @@ def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str,
     return model, discs, history
 
 
-#: notebook-only fields, besides the run-only ones, that do not change the trained model
-_NOT_IN_KEY = ("lambda_sweep", "sweep_seeds")
+def adaptseg_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
+    """The cache key of an adapted model (:func:`kit.cache.model_key`): the config, the source,
+    target and validation data, the seed and, with ``init="source_only"``, the key of the
+    source-only model G starts from."""
+    parents = [baseline_name("source_only", baseline_config(cfg), seed, datasets)] if cfg["init"] == "source_only" else []
+    return model_key(cfg, "adaptseg", seed=seed, parents=parents,
+                     data={"source": datasets["source_train"], "target": datasets["target_train"],
+                           "val": datasets.get("target_val")},
+                     num_classes=datasets["source_train"].num_classes)
 
 
 def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
@@ -395,12 +354,12 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
     ``meta["history"]`` is the training history (:meth:`kit.engine.History.to_dict`) and
     ``meta["target_eval"]`` the final model's evaluation on the whole target val split
     (:meth:`kit.engine.EvalResult.as_dict` plus the confusion matrix). The cache
-    key covers every field that defines the model, the data fingerprints and the seed.
+    key is :func:`adaptseg_key`.
     """
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["source_train"].num_classes
-    key = da_cache_key(cfg, seed, ds, num_classes, ignore=_NOT_IN_KEY)
+    key = adaptseg_key(cfg, seed, ds)
 
     def fit():
         model, discs, hist = train_adaptseg(cfg, seed, ds, verbose=verbose)

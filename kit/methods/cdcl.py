@@ -35,14 +35,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses
-from ..cache import load_or_train, save_checkpoint
-from ..config import register_method
+from ..cache import cache_name, load_or_train, model_key, save_checkpoint
 from ..data import IGNORE_INDEX, ToyWorld
 from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
 from ..data.world import DOMAINS, WORLD_CLASSES
 from ..engine import Engine, History, evaluate, seed_everything
 from ..models import DSBatchNorm2d, PSPNet, convert_to_dsbn, use_domain
-from .supervised import MODEL_KEYS, build_model, make_model_optimizer
+from .supervised import build_model, make_model_optimizer
 
 __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep", "make_cdcl_datasets",
            "build_cdcl_model", "dataset_model", "train_cdcl", "load_or_train_cdcl", "evaluate_cdcl",
@@ -51,31 +50,7 @@ __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep"
 #: the kinds of model this module trains
 KINDS = ("single", "finetune", "remap", "dat")
 
-# ---------------------------------------------------------------------------------------------
-# Defaults. "paper": PSPNet ResNet-18, SGD lr 0.01 poly 0.9, momentum 0.9, wd 1e-4, batch 8,
-# crop 512 (paper Sec. 4.1). "quick": the toy world, small data so that one city alone is
-# data-limited and pooling cities can help; Adam from scratch like the rest of the toy profile.
-# ---------------------------------------------------------------------------------------------
-register_method("cdcl", {
-    "common": {
-        "model": "pspnet",
-        "datasets": ["city_a", "city_b", "city_c"],  # toy cities, or cityscapes/bdd100k/camvid with data_root
-        "interval": 1,             # t: dataset 0 every iteration, the others every t-th iteration
-        "dat_mode": "sum",         # "sum" (DAT: one step on the summed loss) | "alternate" (one step per dataset)
-        "dataset_weights": None,   # w_i of the summed loss; None means all 1
-        "ft_iters": None,          # fine-tuning iterations; None means iters
-        "eval_items": None,        # val images per dataset in evaluation; None means all
-        "intervals": [1, 2, 4],    # the notebook's interval-t ablation
-        "ablation_seeds": None,    # seeds of the notebook's ablations; None means the first seed
-    },
-    "smoke": {"n_train": 16, "n_val": 8, "iters": 3, "ft_iters": 2, "batch_size": 2},
-    "quick": {"n_train": 96, "n_val": 96, "iters": 150, "ft_iters": 100, "seeds": [0, 1]},
-    "paper": {"depth": 18, "width": 64, "output_stride": 8, "size": [512, 512], "source_size": None,
-              "eval_size": [512, 1024], "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-              "weight_decay": 1e-4, "head_lr_mult": 10.0, "batch_size": 8, "frozen_bn": False,
-              "iters": 40000, "ft_iters": 20000, "n_train": 3000, "n_val": 500,
-              "datasets": ["city_a", "city_b", "city_c"]},
-})
+# Defaults and sections of every field: kit.methods.defaults (METHODS["cdcl"]).
 
 
 # =============================================================================================
@@ -447,20 +422,15 @@ def train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: in
     return model, history
 
 
-_TRAIN_KEYS = ("size", "data_root", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult",
-               "momentum", "weight_decay", "poly_power", "amp", "channels_last")
-
-
 def cache_key(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int, datasets, init: str | None = None):
-    key: dict[str, Any] = {k: cfg[k] for k in MODEL_KEYS + _TRAIN_KEYS}
-    key.update(kind=kind, names=list(names), seed=int(seed),
-               data=[getattr(datasets[n]["train"], "fingerprint", n) for n in names])
-    if kind == "dat":
-        key.update(interval=int(cfg["interval"]), dat_mode=cfg["dat_mode"], weights=cfg["dataset_weights"])
-    if kind == "finetune":
-        key.update(init=init, ft_iters=cfg["ft_iters"],
-                   data=key["data"] + [getattr(datasets[init]["train"], "fingerprint", init)])
-    return key
+    """The cache key of a CDCL model (:func:`kit.cache.model_key`, fields tagged with ``kind``):
+    the config, the training data of ``names`` in order (their order gives BN branches and
+    heads), the seed and, for ``kind="finetune"``, the key of the single-dataset model on
+    ``init`` it starts from."""
+    _check_kind(kind, list(names), init)
+    parents = [cache_name("cdcl_single", cache_key(cfg, "single", [init], seed, datasets))] if kind == "finetune" else []
+    return model_key(cfg, "cdcl", seed=seed, data={f"{i}:{n}": datasets[n]["train"] for i, n in enumerate(names)},
+                     parents=parents, tags=(kind,), kind=kind, names=list(names))
 
 
 def load_or_train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int = 0,

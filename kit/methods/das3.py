@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import losses
-from ..cache import load_or_train
-from ..config import register_method
+from ..cache import data_identity, load_or_train, model_key
 from ..data.labels import IGNORE_INDEX
 from ..data.mixing import class_mix, class_mix_batch  # noqa: F401  (re-exported: their old home)
 from ..data.wrappers import Unlabeled  # noqa: F401  (re-exported: its old home)
@@ -55,76 +54,12 @@ from .supervised import build_model, load_or_train_baseline, make_model_optimize
 __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
            "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate",
            "stage3_kit", "stage3_atp", "ema_alpha_at", "ema_update", "strong_augment", "atp_pseudo_labels", "adapt",
-           "STAGE_NAMES", "STAGE_FIELDS", "ATP_FIELDS", "STAGE3_VARIANTS", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
+           "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
 
-# ----------------------------------------------------------------------------------
-# Config fields (kit.config): the stages' own iteration counts and learning rate, so that
-# the source model's key (iters, lr, ... of the supervised recipe) stays untouched.
-# ----------------------------------------------------------------------------------
-register_method("das3", {
-    "common": {
-        "source_checkpoint": None,   # state_dict file of a source-trained model; None = kit's source-only model
-        "stage1_iters": 100, "stage2_iters": 100, "stage3_iters": 100,
-        # learning rate of each stage (the optimizer is cfg["optimizer"], heads at head_lr_mult x)
-        "stage1_lr": 5e-5, "stage2_lr": 1e-3, "stage3_lr": 1e-3,
-        # stage 1: implicit feature alignment
-        "stage1_loss": "focal",      # "focal" (DAS3) | "entropy" (plain entropy minimization, ablation)
-        # the focal factor (1 - H)^gamma: "detached" = a per-pixel weight (confident pixels lead; every
-        # pixel's entropy goes down) | "through" = part of the objective (pixels with H > 1/(1+gamma)
-        # are pushed to *higher* entropy); see kit.losses.focal_entropic_loss
-        "focal_grad": "detached",
-        "gamma": 5.0, "alpha": 3.0, "ent_weight": 1.0, "div_weight": 0.1,
-        # stage 2: bi-directional self-training
-        "top_k": 0.5,                # proportion of each class's most confident pixels kept as positive labels
-        "threshold_mode": "classwise",  # "classwise" (DAS3) | "global" (one threshold, same proportion; ablation)
-        "neg_threshold": 0.05, "neg_weight": 1.0,
-        # stage 3: information propagation
-        "stage3": "kit",             # "kit" (frozen stage-2 teacher, thresholded labels) | "atp" (authors' later code)
-        "easy_ratio": 0.3, "mix_weight": 1.0,
-        # stage3 = "atp": EMA teacher, argmax labels, DACS weight, strong augmentation of the mixed images
-        "ema_alpha": 0.999,          # teacher <- a * teacher + (1 - a) * student, a = min(1 - 1/(t+1), ema_alpha)
-        "atp_conf_threshold": 0.968,  # hard-pixel weight = share of teacher confidences >= this (DACS)
-        "atp_jitter": 0.2,           # colour jitter strength (brightness, contrast, saturation, hue)
-        "atp_jitter_prob": 0.8,      # probability that a batch is jittered (the official 0.2 is the skip chance)
-        "atp_blur_prob": 0.5,        # probability that a batch is blurred (Gaussian, sigma in [0.15, 1.15])
-        "atp_optimizer": None,       # None = the config's optimizer; the authors: "adamw"
-        "atp_lr": None,              # None = stage3_lr; the authors: 6e-5 (heads at head_lr_mult x)
-        "atp_weight_decay": 0.01,    # AdamW's decoupled weight decay (only used with atp_optimizer="adamw")
-        # scans of the target set (thresholds, ranking)
-        "scan_items": None,          # target images scanned for the stage-2 thresholds; None = all
-        "scan_pixels": 2048,         # pixels sampled per image for thresholds
-    },
-    "smoke": {"stage1_iters": 3, "stage2_iters": 3, "stage3_iters": 3},
-    # quick: the paper's 10:1 ratio of the alignment weights pulls the toy world's very
-    # unbalanced class distribution too hard towards uniform; 100:1 is used instead.
-    # Stage 3 gets 200 iterations: at 100 it does not move the model measurably.
-    "quick": {"scan_items": 256, "div_weight": 0.01, "stage3_iters": 200},
-    # The paper's DeepLab-v2 SGD recipe (lr 2.5e-4, heads x10, poly). The card gives no
-    # stage lengths; 5000 iterations per stage is this kit's choice. Only the *ratio* of
-    # the alignment weights (10:1) is taken from the authors' later code (AdamW, where the
-    # scale of a loss hardly matters).
-    # stage3 = "atp" at paper scale: the authors' AdamW at 6e-5 (heads 10x, weight decay 0.01).
-    "paper": {"stage1_iters": 5000, "stage2_iters": 5000, "stage3_iters": 5000, "stage1_lr": 2.5e-4,
-              "stage2_lr": 2.5e-4, "stage3_lr": 2.5e-4, "scan_pixels": 16384,
-              "atp_optimizer": "adamw", "atp_lr": 6e-5},
-})
+# Defaults and sections of every field: kit.methods.defaults (METHODS["das3"]).
 
 STAGE_NAMES = {1: "alignment", 2: "self-training", 3: "propagation"}  #: for labels and logs
 
-#: the config fields that define each stage (with the shared optimisation fields)
-_OPT_FIELDS = ("optimizer", "head_lr_mult", "momentum", "weight_decay", "poly_power", "batch_size",
-               "amp", "channels_last", "size", "n_train", "data_root", "target")
-STAGE_FIELDS: dict[int, tuple[str, ...]] = {
-    1: _OPT_FIELDS + ("stage1_iters", "stage1_lr", "stage1_loss", "focal_grad", "gamma", "alpha", "ent_weight",
-                      "div_weight"),
-    2: _OPT_FIELDS + ("stage2_iters", "stage2_lr", "top_k", "threshold_mode", "neg_threshold", "neg_weight", "scan_items",
-                      "scan_pixels"),
-    3: _OPT_FIELDS + ("stage3_iters", "stage3_lr", "stage3", "top_k", "threshold_mode", "easy_ratio", "mix_weight",
-                      "scan_pixels"),
-}
-#: the extra fields of stage 3 when ``stage3 == "atp"`` (part of its cache key only then)
-ATP_FIELDS = ("ema_alpha", "atp_conf_threshold", "atp_jitter", "atp_jitter_prob", "atp_blur_prob", "atp_optimizer",
-              "atp_lr", "atp_weight_decay")
 STAGE3_VARIANTS = ("kit", "atp")
 
 
@@ -710,17 +645,20 @@ def adapt(source_model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
 # ----------------------------------------------------------------------------------
 # Caching: every stage's model keyed by its config and the model it started from
 # ----------------------------------------------------------------------------------
-def stage_key(stage: int, cfg: Mapping[str, Any], prev_key: str, seed: int, target: Dataset | None = None) -> dict:
-    """The cache key of a stage: its config fields, the key of its input model, the seed
-    and the target data's fingerprint."""
-    if stage not in STAGE_FIELDS:
+def stage_tags(stage: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tags of a stage's model (:mod:`kit.methods.defaults`): ``stage<N>``, plus ``atp`` for
+    the authors' stage 3 (its EMA / augmentation / optimizer fields are in its key only then)."""
+    if stage not in _STAGES:
         raise ValueError(f"unknown DAS3 stage {stage!r}; expected 1, 2 or 3")
-    key = {k: cfg[k] for k in STAGE_FIELDS[stage]}
-    if stage == 3 and cfg["stage3"] == "atp":
-        key.update({k: cfg[k] for k in ATP_FIELDS})
-    key.update(stage=stage, prev=str(prev_key), seed=int(seed),
-               data=getattr(target, "fingerprint", None) if target is not None else None)
-    return key
+    return (f"stage{stage}", "atp") if stage == 3 and cfg["stage3"] == "atp" else (f"stage{stage}",)
+
+
+def stage_key(stage: int, cfg: Mapping[str, Any], prev_key: str, seed: int, target: Dataset | None = None) -> dict:
+    """The cache key of a stage (:func:`kit.cache.model_key`): the config (the fields of the other
+    stages left out: they reach it through ``prev_key``, the key of its input model), the seed and
+    the identity of the target data."""
+    return model_key(cfg, "das3", seed=seed, data={"target": target}, parents=[prev_key],
+                     tags=stage_tags(stage, cfg), stage=int(stage))
 
 
 def load_or_run_stage(stage: int, model: nn.Module, prev_key: str, target: Dataset, cfg: Mapping[str, Any],
@@ -733,7 +671,7 @@ def load_or_run_stage(stage: int, model: nn.Module, prev_key: str, target: Datas
     another validation set).
     """
     key = stage_key(stage, cfg, prev_key, seed, target)
-    vfp = getattr(val_set, "fingerprint", repr(val_set)) if val_set is not None else None
+    vfp = data_identity(val_set)
 
     def run():
         res = _STAGES[stage](model, target, cfg, seed)

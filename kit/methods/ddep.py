@@ -40,15 +40,14 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import losses
-from ..cache import config_hash, load_or_train
-from ..config import register_method
+from ..cache import cache_name, data_identity, load_or_train, model_key
 from ..data import make_da_datasets
 from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import UNet, UNetFullRes
 from .supervised import supervised_step
 
-__all__ = ["INITS", "MODEL_KEYS", "PRETRAIN_KEYS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
+__all__ = ["INITS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
            "label_fraction_sets", "denoising_step", "pretrain_denoising", "train_supervised_encoder",
            "load_supervised_encoder", "load_denoising_pretrained", "init_model", "finetune", "load_or_finetune",
            "denoise_images", "encoder_digest", "train"]
@@ -56,57 +55,7 @@ __all__ = ["INITS", "MODEL_KEYS", "PRETRAIN_KEYS", "ImagesOnly", "RepeatTo", "bu
 #: the four initialisations compared in the label-fraction curve (paper Fig. 1 / Table 1)
 INITS = ("random", "supervised", "dep", "ddep")
 
-register_method("ddep", {
-    "common": {
-        "model": "unet",
-        "depth": 18, "width": 8,
-        "decoder_width": 8,           # U-Net decoder channels (8d, 4d, 2d, d, d)
-        "transformer_layers": 1,      # TransUNet-style Transformer on the stride-32 tokens (0 = plain U-Net)
-        "transformer_heads": 4,
-        "input_skip": True,           # full-resolution input skip in the last decoder block (kit.models.UNetFullRes)
-        "n_val": 100,
-        # denoising pretraining
-        "sigma": 0.2,                 # noise std on the [-1, 1] image scale (sigma = sqrt(1 - gamma))
-        "sigma_mode": "fixed",        # "fixed" | "sampled" (uniform in sigma_range, per example)
-        "sigma_range": [0.05, 0.8],
-        "noise_scaled": True,         # x~ = sqrt(1 - sigma^2) x + sigma eps (False: x + sigma eps)
-        "denoise_target": "noise",    # "noise" (the paper) | "image"
-        "pretrain_iters": 200, "pretrain_batch_size": 8, "pretrain_lr": 2e-3,
-        # supervised encoder stand-in (trained with labels on cfg["source"])
-        "supervised_iters": 200,
-        # fine-tuning (iters, batch_size, lr are the common fields)
-        "label_fractions": [0.01, 0.05, 0.25, 1.0],
-        "inits": list(INITS),
-        "fraction": 0.05,             # label fraction of single runs: sigma sweep, fine-tuning curves, kit train
-        "sweep_sigmas": [0.05, 0.1, 0.2, 0.4, 0.8],
-        "sweep_seeds": [0],
-        "curve_every": 20,            # evaluate every this many fine-tuning steps for the convergence curves
-    },
-    "smoke": {"n_train": 40, "n_val": 8, "decoder_width": 8, "pretrain_iters": 3, "pretrain_batch_size": 4,
-              "supervised_iters": 3, "iters": 3, "label_fractions": [0.1, 1.0], "fraction": 0.1,
-              "sweep_sigmas": [0.1, 0.2], "curve_every": 2},
-    # quick: 2 seeds, 80 fine-tuning steps, a ResNet-18 layout at width 8 (4 inits x 4 fractions x
-    # 2 seeds + the sigma sweep must fit in ~4.5 CPU minutes); Adam from scratch like the toy profile
-    "quick": {"seeds": [0, 1], "iters": 80},
-    # The paper: TransUNet (R50 + ViT-B/16, 12 layers), sigma = 0.2, Cityscapes label fractions.
-    # Here: ResNet-18 at width 64 + a 12-layer Transformer on its 512-d stride-32 tokens (the
-    # kit's UNet has no token projection, so a ResNet-50's 2048-d tokens would make 12 layers
-    # ~600M parameters). Iteration counts and learning rates are this kit's choice (the card
-    # gives none); Adam, as the paper fine-tunes with Adam-type optimizers.
-    "paper": {"depth": 18, "width": 64, "decoder_width": 32, "transformer_layers": 12, "transformer_heads": 8,
-              "optimizer": "adam", "lr": 1e-4, "head_lr_mult": 1.0, "frozen_bn": False, "batch_size": 8,
-              "iters": 20000, "pretrain_iters": 50000, "pretrain_batch_size": 8, "pretrain_lr": 1e-4,
-              "supervised_iters": 40000, "sweep_seeds": [0], "curve_every": 2000,
-              "label_fractions": [0.01, 0.02, 0.05, 0.1, 0.25, 1.0]},
-})
-
-#: config fields that define the network
-MODEL_KEYS = ("depth", "width", "decoder_width", "transformer_layers", "transformer_heads", "input_skip")
-#: config fields that define denoising pretraining
-PRETRAIN_KEYS = ("sigma", "sigma_mode", "sigma_range", "noise_scaled", "denoise_target", "pretrain_iters",
-                 "pretrain_batch_size", "pretrain_lr", "optimizer", "poly_power", "amp", "size", "n_train",
-                 "data_root", "target")
-
+# Defaults and sections of every field: kit.methods.defaults (METHODS["ddep"]).
 
 # ----------------------------------------------------------------------------------
 # Data helpers
@@ -240,7 +189,7 @@ def pretrain_denoising(cfg: Mapping[str, Any], unlabeled: Dataset, seed: int = 0
     c = dict(cfg)
     for k, v in overrides.items():
         if k not in c:
-            raise ValueError(f"unknown pretraining field {k!r}; valid: {sorted(PRETRAIN_KEYS)}")
+            raise ValueError(f"unknown pretraining field {k!r}; valid: {sorted(c)}")
         c[k] = v
     seed_everything(seed)
     model = build_unet(c, 3)
@@ -276,10 +225,6 @@ def train_supervised_encoder(cfg: Mapping[str, Any], labeled: Dataset, seed: int
 # ----------------------------------------------------------------------------------
 # Cached pretrained models
 # ----------------------------------------------------------------------------------
-def _model_key(cfg) -> dict:
-    return {k: cfg[k] for k in MODEL_KEYS}
-
-
 def load_supervised_encoder(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any],
                             verbose: bool = True) -> tuple[dict, str, dict]:
     """``(encoder state_dict, cache key, meta)`` of the supervised encoder (cached).
@@ -289,12 +234,9 @@ def load_supervised_encoder(cfg: Mapping[str, Any], seed: int, datasets: Mapping
     """
     if cfg.get("pretrained"):
         enc = build_unet(cfg, 3, imagenet=True).encoder.state_dict()
-        return enc, config_hash({"imagenet": str(cfg["pretrained"]), **_model_key(cfg)}), {}
+        return enc, cache_name("ddep_imagenet", model_key(cfg, "ddep", seed=None, tags=("imagenet",))), {}
     src = datasets["source_train"]
-    key = {"what": "supervised_encoder", **_model_key(cfg), "iters": cfg["supervised_iters"],
-           "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": cfg["optimizer"],
-           "poly_power": cfg["poly_power"], "amp": cfg["amp"], "domain": getattr(src, "domain", None),
-           "data": getattr(src, "fingerprint", None), "n": len(src), "seed": seed}
+    key = model_key(cfg, "ddep", seed=seed, data={"train": src}, tags=("encoder",))
 
     def run():
         model, hist = train_supervised_encoder(cfg, src, seed)
@@ -302,7 +244,7 @@ def load_supervised_encoder(cfg: Mapping[str, Any], seed: int, datasets: Mapping
 
     state, meta = load_or_train("ddep_supervised", key, run, cfg.get("cache_dir"), verbose=verbose)
     enc = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-    return enc, config_hash(key), meta
+    return enc, cache_name("ddep_supervised", key), meta
 
 
 def load_denoising_pretrained(cfg: Mapping[str, Any], kind: str, seed: int, datasets: Mapping[str, Any],
@@ -312,21 +254,23 @@ def load_denoising_pretrained(cfg: Mapping[str, Any], kind: str, seed: int, data
     if kind not in ("dep", "ddep"):
         raise ValueError(f"kind must be 'dep' or 'ddep', got {kind!r}")
     c = dict(cfg)
+    for k in overrides:
+        if k not in c:
+            raise ValueError(f"unknown pretraining field {k!r}; valid: {sorted(c)}")
     c.update(overrides)
     unl = datasets["target_train"]
-    key = {"what": kind, **_model_key(c), **{k: c[k] for k in PRETRAIN_KEYS},
-           "data": getattr(unl, "fingerprint", None), "seed": seed}
-    enc = None
+    enc, parents = None, []
     if kind == "ddep":
         enc, enc_key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
-        key["encoder"] = enc_key
+        parents = [enc_key]
+    key = model_key(c, "ddep", seed=seed, data={"train": unl}, parents=parents, tags=("pretrain",), kind=kind)
 
     def run():
         model, hist = pretrain_denoising(c, unl, seed, enc)
         return {"model": model.state_dict()}, {"history": hist.to_dict()}
 
     state, meta = load_or_train(f"ddep_{kind}", key, run, cfg.get("cache_dir"), verbose=verbose)
-    return state["model"], config_hash(key), meta
+    return state["model"], cache_name(f"ddep_{kind}", key), meta
 
 
 def init_model(cfg: Mapping[str, Any], init: str, num_classes: int, seed: int, datasets: Mapping[str, Any],
@@ -340,7 +284,7 @@ def init_model(cfg: Mapping[str, Any], init: str, num_classes: int, seed: int, d
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     if init == "random":
         seed_everything(seed)
-        return build_unet(cfg, num_classes), config_hash({"random": seed, **_model_key(cfg)})
+        return build_unet(cfg, num_classes), cache_name("ddep_random", model_key(cfg, "ddep", seed=seed, tags=("random",)))
     if init == "supervised":
         enc, key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
         seed_everything(seed)
@@ -380,10 +324,8 @@ def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: i
     idx = label_subset(len(tgt), fraction, seed)
     train_set = RepeatTo(tgt, idx, cfg["batch_size"])
     model, init_key = init_model(cfg, init, tgt.num_classes, seed, datasets, verbose, **overrides)
-    key = {"init": init, "init_key": init_key, "fraction": float(fraction), "n_labeled": len(idx),
-           "data": getattr(tgt, "fingerprint", None), "val": getattr(val, "fingerprint", None),
-           "iters": cfg["iters"], "lr": cfg["lr"], "batch_size": cfg["batch_size"], "optimizer": cfg["optimizer"],
-           "head_lr_mult": cfg["head_lr_mult"], "eval_every": eval_every, "seed": seed}
+    key = model_key(cfg, "ddep", seed=seed, data={"train": tgt, "val": val}, parents=[init_key], tags=("finetune",),
+                    init=init, fraction=float(fraction), n_labeled=len(idx), eval_every=int(eval_every))
 
     def run():
         hist = finetune(cfg, model, train_set, val, seed, eval_every,

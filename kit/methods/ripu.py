@@ -69,54 +69,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import active, losses
-from ..cache import checkpoint_exists, load_or_train, save_checkpoint
-from ..config import Config, register_method, resolve
+from ..cache import checkpoint_exists, load_or_train, model_key, save_checkpoint
+from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, autocast, evaluate, seed_everything
-from .supervised import build_model, da_cache_key, load_or_train_baseline, make_model_optimizer
+from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["ActivePool", "RIPUStep", "PRESETS", "preset_config", "make_budget", "selection_iters",
-           "label_resolution_dataset", "baseline_config", "build_ripu_model", "train_ripu", "load_or_train_ripu",
+           "label_resolution_dataset", "baseline_config", "build_ripu_model", "train_ripu", "ripu_key", "load_or_train_ripu",
            "select_on_pool", "train"]
 
-register_method("ripu", {
-    "common": {
-        "acquisition": "ripu",     # "ripu" (RI x PU) | "impurity" | "uncertainty" | "random"
-        "mode": "region",          # "region" (RA) | "pixel" (PA) | "point" (points at the RA pixel budget) | "image"
-        "radius_k": 1,             # regions are (2k+1)^2
-        "budget": 0.022,           # labelled fraction of target pixels (region / point / image modes)
-        "pa_points": 40,           # PA: labelled pixels per image
-        "suppress": None,          # suppression radius; None means 2k (RA), pa_suppress (PA), 1 (point)
-        "pa_suppress": 32,         # PA radius: impurity window and suppression (65x65 in the paper, RADIUS_K 32)
-        "rounds": 5,
-        "select_size": "label",    # "label": score and pick at the original label size (official) | "train"
-        "tie_order": "column",     # "column": lowest column wins ties (official) | "row": row-major
-        "persist_suppression": True,   # pixels ever suppressed stay -inf in later rounds (official)
-        "normalize_impurity": True,    # RA impurity / log C (official); PA stays in nats (official)
-        "budget_rounding": "exact",    # "exact": never above the budget | "ceil": official per-round ceil
-        "cr_variant": "official",  # L_cr: "official" (Laplacian boundary, replicate mean) | "in_image"
-        "select_at": None,         # iterations of the selection rounds; None means evenly over the first 40%
-        "lambda_cr": 0.1,
-        "lambda_nl": 1.0,
-        "tau": 0.05,
-        "source_free": False,
-        "pool_size": None,         # target images in the active pool; None means all of target_train
-        "target_batch_size": None,  # None means batch_size
-        "select_batch_size": 32,
-        "init": "source_only",     # "source_only" (cached baseline) | "pretrained" (cfg.pretrained / random)
-        "max_iters": None,
-        "eval_items": None,
-    },
-    "smoke": {"iters": 4, "batch_size": 2, "rounds": 2, "select_at": [0, 2], "pool_size": 8, "pa_suppress": 2,
-              "pa_points": 8, "eval_items": 8, "lr": 5e-4},
-    # toy world at 64x128 (1/10 of the paper's 640x1280 target crops): PA suppression 32 -> 3;
-    # fine-tuned from the cached source-only model with Adam, short schedule (see the notebook)
-    "quick": {"iters": 60, "batch_size": 4, "lr": 5e-4, "pool_size": 100, "pa_suppress": 3,
-              "eval_items": 100, "log_every": 10, "progress": False},
-    "paper": {"iters": 62500, "max_iters": 40000, "batch_size": 2, "select_at": [10000, 12000, 14000, 16000, 18000],
-              "init": "pretrained", "budget_rounding": "ceil", "size": [640, 1280], "source_size": [720, 1280],
-              "eval_size": [1024, 2048], "eval_every": 2000, "flip_eval": True, "select_batch_size": 2},
-})
+# Defaults and sections of every field: kit.methods.defaults (METHODS["ripu"]).
 
 
 #: named configurations of the official code, applied by :func:`preset_config`
@@ -426,16 +389,11 @@ class RIPUStep:
         return logs
 
 
-#: fields shared with the supervised baselines (data and network)
-_SHARED = ("device", "amp", "channels_last", "num_workers", "progress", "data_root", "source", "target", "size",
-           "source_size", "eval_size", "n_train", "n_val", "model", "depth", "width", "output_stride",
-           "official_aspp", "aspp_dilations", "frozen_bn", "pretrained", "eval_batch_size", "cache_dir", "seeds")
-
-
 def baseline_config(cfg: Mapping[str, Any]) -> Config:
     """The supervised config of the same profile, data and network (the cached source-only model
-    and oracle); the RIPU schedule is not carried over."""
-    return resolve(cfg["profile"], "supervised", **{k: cfg[k] for k in _SHARED if k in cfg})
+    and oracle): its data, network and run fields are ``cfg``'s (:func:`kit.config.inherit`);
+    the RIPU schedule is not carried over."""
+    return inherit(cfg, "supervised")
 
 
 def _validate(cfg: Mapping[str, Any]) -> None:
@@ -521,8 +479,15 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     return model, pool, history
 
 
-#: fields, besides the run-only ones, that do not change the trained model
-_NOT_IN_KEY = ("select_batch_size",)
+def ripu_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
+    """The cache key of a RIPU model (:func:`kit.cache.model_key`): the config, the source,
+    target (and its original-size labels, if given) and validation data, the seed and, with
+    ``init="source_only"``, the key of the source-only model it starts from."""
+    parents = [baseline_name("source_only", baseline_config(cfg), seed, datasets)] if cfg["init"] == "source_only" else []
+    return model_key(cfg, "ripu", seed=seed, parents=parents,
+                     data={"source": datasets["source_train"], "target": datasets["target_train"],
+                           "target_labels": datasets.get("target_labels"), "val": datasets.get("target_val")},
+                     num_classes=datasets["target_train"].num_classes)
 
 
 def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
@@ -537,7 +502,7 @@ def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["target_train"].num_classes
-    key = da_cache_key(cfg, seed, ds, num_classes, ignore=_NOT_IN_KEY)
+    key = ripu_key(cfg, seed, ds)
 
     def fit():
         model, pool, hist = train_ripu(cfg, seed, ds, verbose=verbose)

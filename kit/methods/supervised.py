@@ -5,8 +5,9 @@
 * **target oracle**: trained on labelled target images -- the upper bound.
 
 Both are the same recipe (DeepLab-v2 style, SGD, poly decay, 10x head LR); only the
-training data differ. :func:`load_or_train_baseline` caches them by config hash so the
-paper notebooks start from the model the introduction notebook trained, or train it
+training data differ. :func:`load_or_train_baseline` caches them (:func:`baseline_key`: the
+``supervised`` method's fields of the config, the training data's identity and the seed) so
+the paper notebooks start from the model the introduction notebook trained, or train it
 themselves if it is not cached.
 """
 from __future__ import annotations
@@ -17,18 +18,17 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import load_or_train
+from ..cache import cache_name, load_or_train, model_key
 from ..config import Config
 from ..data import make_da_datasets
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import build_segmenter
 
 __all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "load_or_train_baseline", "toy_datasets",
-           "MODEL_KEYS"]
+           "baseline_key", "baseline_name", "BASELINES"]
 
-#: the config fields that define the segmentation network
-MODEL_KEYS = ("model", "depth", "width", "output_stride", "multi_level", "official_aspp", "aspp_dilations",
-              "frozen_bn", "pretrained")
+#: the supervised baselines and the training split each is trained on
+BASELINES = {"source_only": "source_train", "oracle": "target_train"}
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -95,41 +95,37 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     return model, history
 
 
-_TRAIN_KEYS = ("size", "source_size", "data_root", "n_train", "iters", "batch_size", "optimizer", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power", "amp",
-               "channels_last")
+def baseline_key(kind: str, cfg: Mapping[str, Any], seed: int, train_set) -> dict:
+    """The cache key of a baseline: the ``supervised`` method's fields of ``cfg`` (another
+    method's config gives the same key as long as those fields agree), the identity of
+    ``train_set``, the seed and the label space."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
+    return model_key(cfg, "supervised", seed=seed, data={"train": train_set}, kind=kind,
+                     num_classes=train_set.num_classes)
 
 
-#: config fields that never change a trained model (where it runs, how it logs, what else the notebook does)
-RUN_ONLY_KEYS = ("progress", "log_every", "cache_dir", "run_dir", "num_workers", "eval_batch_size", "device",
-                 "seeds", "profile")
-
-
-def da_cache_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any], num_classes: int,
-                 ignore: tuple[str, ...] = ()) -> dict:
-    """The cache key of a domain-adaptation model: every config field except the run-only ones
-    (:data:`RUN_ONLY_KEYS` and ``ignore``), the seed, the label space and the fingerprints of
-    the source and target training data."""
-    key = {k: v for k, v in cfg.items() if k not in RUN_ONLY_KEYS + tuple(ignore)}
-    key.update(seed=seed, num_classes=num_classes,
-               data=[getattr(datasets[k], "fingerprint", None) for k in ("source_train", "target_train")])
-    return key
+def baseline_name(kind: str, cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> str:
+    """The cache name (``<kind>-<hash>``) of a baseline, without loading or training it: what a
+    model fine-tuned from it records as its parent."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
+    return cache_name(kind, baseline_key(kind, cfg, seed, datasets[BASELINES[kind]]))
 
 
 def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapping[str, Any] | None = None,
                            verbose: bool = True) -> tuple[nn.Module, dict]:
     """The cached source-only (``kind="source_only"``) or target-oracle (``"oracle"``) model.
 
-    The cache key covers the network, the training recipe, the domains and the seed,
-    so every notebook that asks for the same baseline gets the same weights.
+    The cache key (:func:`baseline_key`) covers the network, the training recipe, the
+    training data and the seed, so every notebook that asks for the same baseline gets the
+    same weights.
     """
-    if kind not in ("source_only", "oracle"):
-        raise ValueError(f"unknown baseline {kind!r}; expected 'source_only' or 'oracle'")
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
     ds = dict(datasets) if datasets is not None else toy_datasets(cfg)
-    train_set = ds["source_train"] if kind == "source_only" else ds["target_train"]
-    domain = getattr(train_set, "domain", type(train_set).__name__)
-    key = {k: cfg[k] for k in MODEL_KEYS + _TRAIN_KEYS}
-    key.update(kind=kind, domain=domain, data=getattr(train_set, "fingerprint", None), seed=seed,
-               num_classes=train_set.num_classes)
+    train_set = ds[BASELINES[kind]]
+    key = baseline_key(kind, cfg, seed, train_set)
 
     def train():
         model, hist = train_supervised(cfg, train_set, None, seed, desc=f"{kind} seed {seed}")

@@ -1,0 +1,182 @@
+"""Model cache keys derived from the config's sections and the data's identity (issue #15)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from kit.cache import cache_name, content_fingerprint, data_identity, model_key
+from kit.config import KEY_SECTIONS, METHODS, PROFILES, SECTIONS, fields, key_fields, resolve, section_of
+
+
+def _tags(method):
+    """Every tag the fields of ``method`` use (so that a key holds all of its fields)."""
+    return tuple(sorted({t for f in fields(method).values() if f.uses for t in f.uses}))
+
+
+def _changed(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 + 0.125
+    if isinstance(value, str):
+        return value + "_x"
+    if isinstance(value, list):
+        return value + [value[-1] if value else 1]
+    return "set"   # None
+
+
+def test_resolve_needs_no_method_import():
+    code = ("import sys; from kit.config import resolve; c = resolve('smoke', 'ripu'); "
+            "assert c.budget == 0.022; assert not [m for m in sys.modules if m.startswith('kit.methods.') "
+            "and m != 'kit.methods.defaults'], sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_field_has_one_section(profile, method):
+    for name in resolve(profile, method):
+        assert section_of(name, method) in SECTIONS
+
+
+def test_a_field_name_means_one_section_in_every_method():
+    seen = {}
+    for m in METHODS:
+        for name, f in fields(m).items():
+            assert seen.setdefault(name, f.section) == f.section, (m, name)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_key_changes_with_every_model_field_and_no_run_field(profile, method):
+    cfg, tags = resolve(profile, method), _tags(method)
+    base = model_key(cfg, method, seed=0, tags=tags)
+    for name, value in cfg.items():
+        key = model_key({**cfg, name: _changed(value)}, method, seed=0, tags=tags)
+        if section_of(name, method) in KEY_SECTIONS:
+            assert key != base, f"{method}/{profile}: changing {name!r} must change the key"
+        else:
+            assert key == base, f"{method}/{profile}: {name!r} ({section_of(name, method)}) must not enter keys"
+    assert model_key(cfg, method, seed=1, tags=tags) != base
+
+
+def test_tagged_fields_stay_out_of_other_models():
+    cfg = resolve("smoke", "das3")
+    k1 = model_key(cfg, "das3", seed=0, tags=("stage1",))
+    assert model_key({**cfg, "top_k": 0.9}, "das3", seed=0, tags=("stage1",)) == k1   # a stage-2/3 field
+    assert model_key({**cfg, "gamma": 1.0}, "das3", seed=0, tags=("stage1",)) != k1
+    ft = resolve("smoke", "ddep")
+    kf = model_key(ft, "ddep", seed=0, tags=("finetune",))
+    assert model_key({**ft, "sigma": 0.4}, "ddep", seed=0, tags=("finetune",)) == kf   # pretraining only
+    assert model_key({**ft, "sigma": 0.4}, "ddep", seed=0, tags=("pretrain",)) != model_key(ft, "ddep", seed=0,
+                                                                                             tags=("pretrain",))
+
+
+def test_ddep_finetune_key_holds_the_whole_recipe():
+    names = set(key_fields("ddep", ("finetune",)))
+    assert {"momentum", "weight_decay", "poly_power", "amp", "iters", "lr", "batch_size", "optimizer"} <= names
+    assert not names & {"progress", "cache_dir", "seeds", "device", "label_fractions", "curve_every"}
+
+
+def test_baseline_key_ignores_other_methods_fields():
+    """The source-only model DAS3 starts from is the one the introduction trained."""
+    from kit.methods.supervised import baseline_key
+
+    ds = TensorDataset(torch.zeros(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long))
+    ds.num_classes = 2
+    intro, das3 = resolve("smoke", "intro"), resolve("smoke", "das3", stage1_iters=7)
+    assert baseline_key("source_only", intro, 0, ds) == baseline_key("source_only", das3, 0, ds)
+
+
+def test_baseline_config_inherits_data_model_and_run_sections():
+    from kit.methods import adaptseg, ripu
+
+    for mod, method in ((adaptseg, "adaptseg"), (ripu, "ripu")):
+        cfg = resolve("smoke", method, render_device="auto", depth=18, amp="off", progress=True, iters=2)
+        base = mod.baseline_config(cfg)
+        assert (base.render_device, base.depth, base.amp, base.progress) == ("auto", 18, "off", True)
+        assert base.iters == resolve("smoke", "supervised").iters   # the adaptation schedule stays behind
+
+
+# ---------------------------------------------------------------------------------------------
+# data identity
+# ---------------------------------------------------------------------------------------------
+def _plain(seed, n=6, classes=3, size=16):
+    g = torch.Generator().manual_seed(seed)
+    ds = TensorDataset(torch.rand(n, 3, size, size, generator=g),
+                       torch.randint(0, classes, (n, size, size), generator=g))
+    ds.num_classes = classes
+    return ds
+
+
+def test_content_fingerprint_tells_datasets_apart():
+    a, a2, b = _plain(0), _plain(0), _plain(1)
+    assert content_fingerprint(a) == content_fingerprint(a2) != content_fingerprint(b)
+    assert content_fingerprint(a) != content_fingerprint(_plain(0, n=5))
+    assert data_identity(a) == content_fingerprint(a2) and a.fingerprint == data_identity(a)   # kept on the object
+    assert data_identity(None) is None
+    with pytest.raises(TypeError, match="fingerprint"):
+        content_fingerprint(object())
+
+
+def test_toy_world_keeps_its_fingerprint():
+    from kit.data import ToyWorld
+
+    w = ToyWorld("real", "train", (32, 64), 4)
+    assert data_identity(w) == w.fingerprint
+
+
+def test_two_plain_datasets_never_share_a_model(tmp_path):
+    """Two different datasets without a fingerprint, same config: two different models."""
+    from kit.methods.supervised import load_or_train_baseline
+
+    cfg = resolve("smoke", "supervised", iters=2, batch_size=2, size=[16, 16], eval_size=[16, 16],
+                  device="cpu", amp="off", cache_dir=str(tmp_path))
+    m1, meta1 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(0)}, verbose=False)
+    m2, meta2 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(1)}, verbose=False)
+    assert meta1["key"] != meta2["key"] and meta2["cached"] is False
+    w1, w2 = m1.state_dict(), m2.state_dict()
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1 if w1[k].is_floating_point())
+    _, meta3 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(0)}, verbose=False)
+    assert meta3["cached"] is True and meta3["key"] == meta1["key"]   # same content: the same model
+
+
+# ---------------------------------------------------------------------------------------------
+# derived models record the key of the model they start from
+# ---------------------------------------------------------------------------------------------
+def test_derived_keys_name_their_parent():
+    from kit.data import make_da_datasets
+    from kit.methods import adaptseg, cdcl, das3, ripu
+    from kit.methods.supervised import baseline_name
+
+    cfg = resolve("smoke", "adaptseg")
+    ds = make_da_datasets(cfg)
+    parent = baseline_name("source_only", adaptseg.baseline_config(cfg), 0, ds)
+    assert adaptseg.adaptseg_key(cfg, 0, ds)["parents"] == [parent]
+    assert adaptseg.adaptseg_key(adaptseg.variant(cfg, init="pretrained"), 0, ds)["parents"] == []
+    rcfg = resolve("smoke", "ripu")
+    assert ripu.ripu_key(rcfg, 0, ds)["parents"] == [baseline_name("source_only", ripu.baseline_config(rcfg), 0, ds)]
+    dcfg = resolve("smoke", "das3")
+    assert das3.stage_key(2, dcfg, "das3-stage1-abc", 0)["parents"] == ["das3-stage1-abc"]
+    assert das3.stage_key(2, dcfg, "a", 0) != das3.stage_key(2, dcfg, "b", 0)
+    ccfg = resolve("smoke", "cdcl")
+    data = {n: {"train": _plain(i)} for i, n in enumerate(("city_a", "city_b"))}
+    single = cache_name("cdcl_single", cdcl.cache_key(ccfg, "single", ["city_b"], 0, data))
+    assert cdcl.cache_key(ccfg, "finetune", ["city_a"], 0, data, init="city_b")["parents"] == [single]
+
+
+def test_parent_key_is_the_cached_models_key(tmp_path):
+    """What a derived key records is exactly the key the parent was cached under."""
+    from kit.data import make_da_datasets
+    from kit.methods import adaptseg
+    from kit.methods.supervised import load_or_train_baseline
+
+    cfg = resolve("smoke", "adaptseg", iters=2, device="cpu", amp="off", cache_dir=str(tmp_path))
+    ds = make_da_datasets(cfg)
+    _, meta = load_or_train_baseline("source_only", adaptseg.baseline_config(cfg), 0, ds, verbose=False)
+    assert adaptseg.adaptseg_key(cfg, 0, ds)["parents"] == [meta["key"]]
