@@ -33,7 +33,10 @@ def test_unlabeled_hides_labels_and_keeps_identity():
     assert torch.equal(x, ds[3][0]) and i.dtype == torch.int64 and int(i) == 3
     assert (len(u), u.num_classes, u.fingerprint) == (4, 5, "fp-123")
     assert wrappers.ImagesOnly(u).dataset is ds  # wrapping twice wraps once
-    assert wrappers.Unlabeled(TensorDataset(torch.zeros(2, 3, 1, 1))).fingerprint is None
+    # a dataset without a fingerprint: its content identifies it, never a shared None
+    a = wrappers.Unlabeled(TensorDataset(torch.zeros(2, 3, 1, 1))).fingerprint
+    b = wrappers.Unlabeled(TensorDataset(torch.ones(2, 3, 1, 1))).fingerprint
+    assert a and b and a != b
 
 
 def _save(arr, path):

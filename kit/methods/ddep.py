@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import losses
-from ..cache import cache_name, data_identity, load_or_train, model_key
+from ..cache import cache_name, load_or_train, model_key
 from ..data import make_da_datasets
 from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
