@@ -42,6 +42,8 @@ def main() -> int:
         elif not args.skip_notebooks:
             run("bench_notebooks.py", "--json", f"{tmp}/n.json")
             books = json.loads(Path(f"{tmp}/n.json").read_text())
+        if isinstance(books, dict):
+            books = books["notebooks"]
     from kit.config import resolve
 
     q = resolve("quick")
