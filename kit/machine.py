@@ -247,8 +247,10 @@ def set_threads(threads: int | None = None) -> int:
 #: measures. Re-measured with ``benchmarks/bench_notebooks.py`` (see benchmarks/RESULTS.md).
 REFERENCE = {
     "machine": "Intel Xeon @ 2.80GHz (Ice Lake, 2 cores) with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2, fp32",
-    "step_ms": 49.0,
-    "notebooks_s": {},
+    "step_ms": 63.0,
+    # bench_notebooks.py --shared-cache (make run's order, one fresh cache), 2026-11-29
+    "notebooks_s": {"00_introduction": 211.9, "01_adaptsegnet": 340.5, "02_das3": 408.9, "03_ripu": 430.4,
+                    "04_cdcl": 455.5, "05_ddep": 486.4},
 }
 
 
