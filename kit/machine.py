@@ -335,6 +335,6 @@ def format_info(d: dict[str, Any]) -> str:
         lines.append(f"quick step    {d['quick_step_ms']:.1f} ms (reference: {d['reference']['step_ms']} ms on "
                      f"{d['reference']['machine']})")
         if d["expected_minutes"]:
-            lines.append("expected minutes per notebook at the quick profile, fresh model cache (scaled from the reference):")
+            lines.append("expected minutes per notebook at the quick profile, in make run's order from an empty cache (the reference times scaled by the step time):")
             lines += [f"  {nb:<18} {m:5.1f}" for nb, m in d["expected_minutes"].items()]
     return "\n".join(lines)
