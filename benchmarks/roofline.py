@@ -25,15 +25,10 @@ import argparse
 import json
 import os
 import re
-import statistics
-import time
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kit import losses, machine
-from kit.config import resolve
-from kit.methods.supervised import build_model, make_model_optimizer
+from kit import machine
 
 
 def clock_ghz() -> float:
@@ -51,38 +46,6 @@ def fp32_lanes() -> int:
                                    and not isa.startswith("AVX10")):
         return 16
     return 8 if "avx2" in flags or "avx" in flags else 4
-
-
-def make_step(amp: str, channels_last: bool, batch: int = 8):
-    cfg = resolve("quick", amp=amp, device="cpu")
-    torch.manual_seed(0)
-    model = build_model(cfg, 11)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_model_optimizer(cfg, model)
-    x = torch.rand(batch, 3, *cfg.size)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 11, (batch, *cfg.size))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with machine.autocast("cpu", amp):
-            loss = losses.seg_loss(model(x)["out"], y)
-        loss.backward()
-        opt.step()
-    return step, cfg
-
-
-def time_step(step, reps: int) -> float:
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def flops_of(step) -> int:
@@ -140,14 +103,14 @@ def main() -> int:
     peak = threads * args.fma_units * lanes * 2 * ghz
     rows = []
     for amp, cl in (("off", False), ("off", True), ("bf16", False), ("bf16", True)):
-        step, cfg = make_step(amp, cl)
+        step, cfg = machine.quick_step(amp, cl)
         fl = flops_of(step)
-        s = time_step(step, args.reps)
+        s = machine.median_seconds(step, args.reps, warmup=3)
         rows.append({"precision": "fp32" if amp == "off" else "bf16 autocast",
                      "layout": "channels_last" if cl else "contiguous",
                      "GFLOP per step": round(fl / 1e9, 2), "ms per step": round(1000 * s, 1),
                      "GFLOP/s": round(fl / s / 1e9, 1), "% of fp32 peak": round(100 * fl / s / 1e9 / peak, 1)})
-    step, cfg = make_step("off", True)
+    step, cfg = machine.quick_step("off", True)
     bd = breakdown(step, conv_flops(step))
     result = {
         "cpu": machine.cpu_model(), "flags": (machine.info(measure=False))["cpu_flags"],

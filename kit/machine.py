@@ -254,20 +254,19 @@ REFERENCE = {
 }
 
 
-def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
-    """Median ms of one quick-profile supervised training step (DeepLab-v2, the quick profile's
-    backbone, batch 8 at 64x128, forward + backward + optimizer step) at ``amp``."""
-    import statistics
-
+def quick_step(amp: str = "auto", channels_last: bool = True):
+    """One quick-profile supervised training step (DeepLab-v2 on the quick profile's backbone,
+    batch 8 at 64x128: forward, backward, optimizer step) as a function, and its config."""
     from . import losses
     from .config import resolve
     from .methods.supervised import build_model, make_model_optimizer
 
     cfg = resolve("quick", amp=amp, device="cpu")
     torch.manual_seed(0)
-    model = build_model(cfg, 11).to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(cfg, 11).to(memory_format=fmt)
     opt = make_model_optimizer(cfg, model)
-    x = torch.rand(cfg.batch_size, 3, *cfg.size).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(cfg.batch_size, 3, *cfg.size).contiguous(memory_format=fmt)
     y = torch.randint(0, 11, (cfg.batch_size, *cfg.size))
 
     def step():
@@ -276,15 +275,26 @@ def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
             loss = losses.seg_loss(model(x)["out"], y)
         loss.backward()
         opt.step()
+    return step, cfg
 
-    for _ in range(2):
-        step()
+
+def median_seconds(fn, reps: int = 7, warmup: int = 2) -> float:
+    """Median wall seconds of ``fn()`` over ``reps`` calls, after ``warmup`` untimed calls."""
+    import statistics
+
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        step()
+        fn()
         times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return statistics.median(times)
+
+
+def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
+    """Median ms of one :func:`quick_step` at ``amp`` (channels_last)."""
+    return 1000 * median_seconds(quick_step(amp)[0], reps)
 
 
 def info(measure: bool = True) -> dict[str, Any]:
