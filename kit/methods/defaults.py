@@ -342,7 +342,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": {"n_train": 40, "n_val": 8, "decoder_width": 8, "pretrain_iters": 3, "pretrain_batch_size": 4,
                   "supervised_iters": 3, "iters": 3, "label_fractions": [0.1, 1.0], "fraction": 0.1,
                   "sweep_sigmas": [0.1, 0.2], "curve_every": 2},
-        # quick: 2 seeds, 80 fine-tuning steps, a ResNet-18 layout at width 8 (4 inits x 4 fractions x
+        # quick: 2 seeds, 80 fine-tuning steps, the quick profile's ResNet-10 layout at width 8 (4 inits x 4 fractions x
         # 2 seeds + the sigma sweep must fit in ~4.5 CPU minutes); Adam from scratch like the toy profile
         "quick": {"seeds": [0, 1], "iters": 80},
         # The paper: TransUNet (R50 + ViT-B/16, 12 layers), sigma = 0.2, Cityscapes label fractions.
