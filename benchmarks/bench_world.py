@@ -97,7 +97,7 @@ def main() -> None:
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-             else f"{machine.cpu_model()} ({platform.machine()}; flags: {' '.join(machine.info(False)['cpu_flags'])}"
+             else f"{machine.cpu_model()} ({platform.machine()}; flags: {' '.join(machine.notable_cpu_flags())}"
                   f"{'; ONEDNN_MAX_CPU_ISA=' + isa if isa else ''}), {torch.get_num_threads()} torch threads")
     res = {"machine": f"{where}, torch {torch.__version__}", "device": args.device, "render": [], "train": []}
     for size, batch in (((64, 128), ToyWorld.CHUNK), ((256, 512), 32), ((512, 1024), 8)):

@@ -113,7 +113,7 @@ def main() -> int:
     step, cfg = machine.quick_step("off", True)
     bd = breakdown(step, conv_flops(step))
     result = {
-        "cpu": machine.cpu_model(), "flags": (machine.info(measure=False))["cpu_flags"],
+        "cpu": machine.cpu_model(), "flags": machine.notable_cpu_flags(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": threads, "fma_units": args.fma_units, "fp32_lanes": lanes, "clock_ghz": ghz,

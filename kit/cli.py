@@ -433,6 +433,7 @@ def _cmd_train(args) -> int:
 def _cmd_info(args) -> int:
     from . import machine
 
+    machine.set_threads(None)            # measure with the threads a notebook would use
     d = machine.info(measure=not args.no_measure)
     print(json.dumps(d, indent=1) if args.json else machine.format_info(d))
     return 0

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "cpu_model", "cpu_flags", "native_bf16_cpu", "bf16_is_fast", "amp_dtype", "autocast",
+__all__ = ["resolve_device", "cpu_model", "cpu_flags", "notable_cpu_flags", "default_threads", "native_bf16_cpu", "bf16_is_fast", "amp_dtype", "autocast",
            "busy_cores", "set_threads", "info", "format_info"]
 
 AMP_MODES = ("auto", "bf16", "off")
@@ -226,17 +226,20 @@ def set_threads(threads: int | None = None) -> int:
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        torch.set_num_threads(threads)
-        return torch.get_num_threads()
+    torch.set_num_threads(default_threads() if threads is None else threads)
+    return torch.get_num_threads()
+
+
+def default_threads() -> int:
+    """The threads :func:`set_threads` picks for ``None`` (it sets nothing): every core, less
+    the cores other processes keep at least 70% busy now, at least one."""
     cores = os.cpu_count() or 1
     busy = busy_cores(0.5)
     if busy is None and hasattr(os, "getloadavg"):
         busy = os.getloadavg()[0]
     # a core counts as taken when it is at least 70% busy: the Jupyter client that started
     # this kernel (papermill, nbval) polls at up to half a core while a notebook starts
-    n = max(1, min(cores, cores - int((busy or 0.0) + 0.3)))
-    torch.set_num_threads(n)
-    return torch.get_num_threads()
+    return max(1, min(cores, cores - int((busy or 0.0) + 0.3)))
 
 
 # ----------------------------------------------------------------------------------
@@ -297,16 +300,21 @@ def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
     return 1000 * median_seconds(quick_step(amp)[0], reps)
 
 
+def notable_cpu_flags() -> list[str]:
+    """The CPU flags that decide the kit's speed (vector width, FMA, native bf16), in a fixed order."""
+    flags = cpu_flags() or set()
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve", "bf16"]
+    return [f for f in wanted if f in flags]
+
+
 def info(measure: bool = True) -> dict[str, Any]:
     """What ``kit info`` prints: CPU model and flags, GPU, the precision ``auto`` picks, threads,
     and (``measure``) the quick-profile step time with the minutes each notebook should take."""
-    flags = cpu_flags() or set()
-    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "asimd", "sve", "bf16"]
     out: dict[str, Any] = {
         "cpu": cpu_model(),
         "arch": platform.machine(),
         "cores": os.cpu_count(),
-        "cpu_flags": [f for f in wanted if f in flags],
+        "cpu_flags": notable_cpu_flags(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "native_bf16_cpu": native_bf16_cpu(),
@@ -318,7 +326,7 @@ def info(measure: bool = True) -> dict[str, Any]:
     out["device"] = str(dev)
     out["auto_precision"] = "bf16" if amp_dtype(dev, "auto") == torch.bfloat16 else "fp32"
     out["cpu_auto_precision"] = "bf16" if amp_dtype("cpu", "auto") == torch.bfloat16 else "fp32"
-    out["threads"] = set_threads(None)
+    out["threads"] = default_threads()     # what a notebook would use; nothing is set here
     if measure:
         ms = quick_step_ms()
         out["quick_step_ms"] = round(ms, 1)

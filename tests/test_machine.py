@@ -121,9 +121,12 @@ def test_busy_cores_reads_proc_stat():
 def test_info_reports_the_machine(monkeypatch):
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(1)
         d = machine.info(measure=False)
+        assert torch.get_num_threads() == 1          # info reports, it sets nothing
     finally:
         torch.set_num_threads(before)
+    assert d["cpu_flags"] == machine.notable_cpu_flags()
     for key in ("cpu", "cpu_flags", "native_bf16_cpu", "gpu", "auto_precision", "threads", "torch"):
         assert key in d
     assert d["auto_precision"] in ("fp32", "bf16")
