@@ -295,8 +295,10 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
 # ----------------------------------------------------------------------------------
 # Summary
 # ----------------------------------------------------------------------------------
-def _yes_no(holds: Any) -> str:
-    return {True: "yes", False: "no"}.get(holds, "n/a")
+def _yes_no(claim: dict) -> str:
+    if claim.get("verdict"):                       # Run.skip: "not run at quick"
+        return "not run"
+    return {True: "yes", False: "no"}.get(claim.get("holds"), "undecided")
 
 
 def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -312,7 +314,7 @@ def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
                          "headline": f"unreadable metrics.json: {e}"})
             continue
         claims = m["claims"]
-        head = "; ".join(f"{c['id']} {_yes_no(c.get('holds'))}" for c in claims[:4])
+        head = "; ".join(f"{c['id']} {_yes_no(c)}" for c in claims[:4])
         if len(claims) > 4:
             head += f"; +{len(claims) - 4} more"
         if claims:
@@ -445,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     def common_run(p):
-        p.add_argument("--profile", default=None, help=f"smoke | quick | paper (default {DEFAULT_PROFILE})")
+        p.add_argument("--profile", default=None, help=f"smoke | quick | full | paper (default {DEFAULT_PROFILE})")
         p.add_argument("--out", default=None, help="folder for the executed notebooks (default runs/<profile>)")
         p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                        help="fail a cell that runs longer than this (default: no limit)")

@@ -12,7 +12,10 @@ list of valid ones -- a typo in a papermill ``-p`` flag must never be silently i
 profile    where          purpose
 =========  =============  ======================================================
 smoke      CI, seconds    every code path runs; numbers mean nothing
-quick      laptop CPU     the paper's claims tested on the toy world, 3 seeds
+quick      laptop CPU     the method taught and its central claims tested on the
+                          toy world, 2-3 seeds, each notebook within 6 CPU minutes
+full       CPU or GPU     quick's recipe with 5 paired seeds and every comparison
+                          (``extended``), so that the claims can be decided
 paper      one GPU        the paper's architecture and hyperparameters
 =========  =============  ======================================================
 """
@@ -27,7 +30,7 @@ from .methods import defaults as _defaults
 from .methods.defaults import KEY_SECTIONS, SECTIONS, Field
 
 __all__ = ["PROFILES", "METHODS", "SECTIONS", "KEY_SECTIONS", "Field", "Config", "resolve", "register_method",
-           "profile_names", "fields", "section_of", "key_fields", "inherit", "INHERITED"]
+           "profile_names", "profile_chain", "fields", "section_of", "key_fields", "inherit", "INHERITED"]
 
 #: common fields, profile presets and per-method fields: one static table (kit.methods.defaults)
 _COMMON: dict[str, Field] = dict(_defaults.COMMON)
@@ -108,6 +111,18 @@ def inherit(cfg: Mapping[str, Any], method: str, sections: tuple[str, ...] = INH
 
 def profile_names() -> list[str]:
     return list(PROFILES)
+
+
+def profile_chain(profile: str) -> list[str]:
+    """The profiles whose values make up ``profile``, base first.
+
+    >>> profile_chain("full"), profile_chain("quick")
+    (['quick', 'full'], ['quick'])
+    """
+    chain = [profile]
+    while chain[0] in _defaults.BASES:
+        chain.insert(0, _defaults.BASES[chain[0]])
+    return chain
 
 
 class Config(dict):
@@ -214,8 +229,9 @@ def resolve(profile: str = "quick", method: str = "intro", **overrides: Any) -> 
         raise ValueError(_unknown("method", method, METHODS))
     cfg: dict[str, Any] = {k: copy.deepcopy(f.default) for k, f in fields(method).items()}
     cfg.update(copy.deepcopy(METHODS[method].get("common", {})))
-    cfg.update(copy.deepcopy(PROFILES[profile]))
-    cfg.update(copy.deepcopy(METHODS[method].get(profile, {})))
+    for layer in profile_chain(profile):
+        cfg.update(copy.deepcopy(PROFILES[layer]))
+        cfg.update(copy.deepcopy(METHODS[method].get(layer, {})))
     cfg["profile"] = profile
     for key, value in overrides.items():
         key = key.lower()

@@ -258,11 +258,29 @@ class Run:
         self.claims = [c for c in self.claims if c["id"] != id] + [rec]
         return rec
 
+    def skip(self, id: str, claim: str, paper: str, why: str) -> dict:
+        """Record a claim this run does not test, e.g. one whose runs belong to a longer
+        profile (``cfg.extended`` is False at quick); its verdict reads "not run" and
+        ``why`` says where it is tested.
+
+        >>> import tempfile
+        >>> r = Run("demo", {"profile": "quick", "seeds": [0], "run_dir": tempfile.mkdtemp()})
+        >>> _ = r.skip("C9", "x beats y", "Table 1", "runs at PROFILE='full'")
+        >>> r.claims_frame()[["id", "verdict"]].values.tolist()
+        [['C9', 'not run at quick']]
+        """
+        rec = self.claim(id, claim, paper, why, None)
+        rec["verdict"] = f"not run at {self.profile}"
+        return rec
+
     def claims_frame(self):
+        """The claims as a table with a ``verdict`` column: holds / does not hold /
+        undecided (``holds`` None from a test), or "not run at <profile>" (:meth:`skip`)."""
         import pandas as pd
 
         df = pd.DataFrame(self.claims, columns=["id", "claim", "paper", "here", "holds"])
-        df["verdict"] = df["holds"].map({True: "holds", False: "does not hold", None: "not tested"})
+        named = {True: "holds", False: "does not hold", None: "undecided"}
+        df["verdict"] = [c.get("verdict") or named[c["holds"]] for c in self.claims]
         return df
 
     def figure(self, fig, name: str) -> Path:

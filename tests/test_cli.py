@@ -126,7 +126,7 @@ def test_summary_reads_fake_runs_and_reports_missing(tmp_path, monkeypatch, caps
     assert main(["summary", "--profile", "paper"]) == 0
     out = capsys.readouterr().out
     assert "00_introduction" in out and "C1 yes; C2 yes" in out
-    assert "C1 yes; C2 no; C3 n/a" in out
+    assert "C1 yes; C2 no; C3 undecided" in out
     assert "unreadable metrics.json" in out and "3 of 5 claims hold" in out
 
 

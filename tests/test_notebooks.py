@@ -64,3 +64,25 @@ def test_smoke_run_writes_metrics(path, tmp_path):
     assert data["results"] and data["claims"]
     for c in data["claims"]:
         assert c["holds"] in (True, False, None)
+
+
+EXTENDABLE = [p for p in NOTEBOOKS if "EXTENDED" in pm.inspect_notebook(str(p))]
+
+
+def test_the_paper_notebooks_declare_extended():
+    assert {p.stem[:2] for p in EXTENDABLE} >= {"02", "03", "04", "05"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXTENDABLE, ids=[p.stem for p in EXTENDABLE])
+def test_without_extended_the_skipped_claims_say_not_run(path, tmp_path):
+    """The quick profile's path (extended off) at smoke size: the comparisons left to the
+    full profile are skipped, and their claims are recorded as not run -- never as failing."""
+    run_dir = tmp_path / "run"
+    run_notebook(path, tmp_path / f"{path.stem}.ipynb", PROFILE="smoke", EXTENDED=False,
+                 CACHE_DIR=str(tmp_path / "cache"), RUN_DIR=str(run_dir))
+    claims = load_metrics(run_dir / "metrics.json")["claims"]
+    skipped = [c for c in claims if c.get("verdict") == "not run at smoke"]
+    assert skipped, f"{path.stem}: no claim was left to the full profile"
+    assert all(c["holds"] is None and "full" in c["here"] for c in skipped)
+    assert len(skipped) < len(claims)

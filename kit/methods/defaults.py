@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Field", "SECTIONS", "KEY_SECTIONS", "COMMON", "PROFILES", "METHODS"]
+__all__ = ["Field", "SECTIONS", "KEY_SECTIONS", "COMMON", "PROFILES", "BASES", "METHODS"]
 
 #: every section, in display order
 SECTIONS = ("data", "model", "optim", "schedule", "method", "run", "notebook")
@@ -98,6 +98,9 @@ COMMON: dict[str, Field] = {
     "poly_power": F(0.9, "schedule"),
     "eval_every": F(0, "schedule"),        # 0 = only at the end
     "flip_eval": F(False, "schedule"),
+    # notebook: run the comparisons that cannot be decided within the quick budget (each notebook
+    # names them); at quick they are skipped and their claims say "not run at quick"
+    "extended": F(True, "notebook"),
 }
 
 #: profile presets: values of common fields
@@ -110,7 +113,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # quick: a ResNet-10 layout (one basic block per stage; half the FLOPs of ResNet-18,
     # 1.8x faster per step at fp32 on two AVX2 cores), so that every notebook fits its
     # budget on the slowest machine the kit supports (README, benchmarks/RESULTS.md).
-    "quick": {"profile": "quick", "depth": 10},
+    "quick": {"profile": "quick", "depth": 10, "extended": False},
+    # full: the quick recipe (every method's quick values apply, see BASES) with five paired
+    # seeds and every comparison of every notebook, the extended ones included
+    "full": {"profile": "full", "seeds": [0, 1, 2, 3, 4], "extended": True},
     "paper": {
         "profile": "paper", "seeds": [0], "size": [512, 1024], "source_size": [720, 1280],
         "eval_size": [512, 1024],
@@ -120,6 +126,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "log_every": 50, "eval_batch_size": 4, "num_workers": 4, "render_device": "auto",
     },
 }
+
+#: a profile that starts from another: its own values (and each method's values at it) are
+#: applied on top of the base profile's (and each method's values at the base)
+BASES: dict[str, str] = {"full": "quick"}
 
 #: per method: ``fields`` (its own fields), ``common`` (its values of fields, at every profile)
 #: and one entry per profile (its values at that profile)
@@ -169,6 +179,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
                   "eval_items": 100, "log_every": 10},
         # paper: the official code's BatchNorm regime (affine frozen, batch statistics) in the
         # source-only model and in G, not DeepLab-v2's eval-mode frozen BN of the other papers
+        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
         "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000,
                   "frozen_bn": "affine", "bn_frozen": "affine"},
     },
@@ -203,6 +214,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "init": F("source_only", "method"),     # "source_only" (cached baseline) | "pretrained"
             "max_iters": F(None, "schedule"),
             "eval_items": F(None, "schedule"),
+            "sweep_seeds": F(None, "notebook"),     # seeds of the notebook's sweeps; None = the first two seeds
         },
         "common": {},
         "smoke": {"iters": 4, "batch_size": 2, "rounds": 2, "select_at": [0, 2], "pool_size": 8, "pa_suppress": 2,
@@ -211,6 +223,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # fine-tuned from the cached source-only model with Adam, short schedule (see the notebook)
         "quick": {"iters": 60, "batch_size": 4, "lr": 5e-4, "pool_size": 100, "pa_suppress": 3,
                   "eval_items": 100, "log_every": 10, "progress": False},
+        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
         "paper": {"iters": 62500, "max_iters": 40000, "batch_size": 2, "select_at": [10000, 12000, 14000, 16000, 18000],
                   "init": "pretrained", "budget_rounding": "ceil", "size": [640, 1280], "source_size": [720, 1280],
                   "eval_size": [1024, 2048], "eval_every": 2000, "flip_eval": True, "select_batch_size": 2},
@@ -264,6 +277,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             # scans of the target set (thresholds, ranking)
             "scan_items": F(None, "method", ("stage2",)),    # target images scanned for the stage-2 thresholds
             "scan_pixels": F(2048, "method", ("stage2", "stage3")),  # pixels sampled per image for thresholds
+            "sweep_seeds": F(None, "notebook"),     # seeds of the notebook's sweeps; None = the first seed
         },
         "common": {},
         "smoke": {"stage1_iters": 3, "stage2_iters": 3, "stage3_iters": 3},
@@ -271,6 +285,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # unbalanced class distribution too hard towards uniform; 100:1 is used instead.
         # Stage 3 gets 200 iterations: at 100 it does not move the model measurably.
         "quick": {"scan_items": 256, "div_weight": 0.01, "stage3_iters": 200},
+        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
         # The paper's DeepLab-v2 SGD recipe (lr 2.5e-4, heads x10, poly). The card gives no
         # stage lengths; 5000 iterations per stage is this kit's choice. Only the *ratio* of
         # the alignment weights (10:1) is taken from the authors' later code (AdamW, where the
@@ -302,6 +317,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "common": {"model": "pspnet"},
         "smoke": {"n_train": 16, "n_val": 8, "iters": 3, "ft_iters": 2, "batch_size": 2},
         "quick": {"n_train": 96, "n_val": 96, "iters": 150, "ft_iters": 100, "seeds": [0, 1]},
+        "full": {"ablation_seeds": [0, 1, 2, 3, 4]},
         "paper": {"depth": 18, "width": 64, "output_stride": 8, "size": [512, 512], "source_size": None,
                   "eval_size": [512, 1024], "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
                   "weight_decay": 1e-4, "head_lr_mult": 10.0, "batch_size": 8, "frozen_bn": False,
@@ -345,6 +361,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # quick: 2 seeds, 80 fine-tuning steps, the quick profile's ResNet-10 layout at width 8 (4 inits x 4 fractions x
         # 2 seeds + the sigma sweep must fit in ~4.5 CPU minutes); Adam from scratch like the toy profile
         "quick": {"seeds": [0, 1], "iters": 80},
+        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
         # The paper: TransUNet (R50 + ViT-B/16, 12 layers), sigma = 0.2, Cityscapes label fractions.
         # Here: ResNet-18 at width 64 + a 12-layer Transformer on its 512-d stride-32 tokens (the
         # kit's UNet has no token projection, so a ResNet-50's 2048-d tokens would make 12 layers
