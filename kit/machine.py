@@ -252,8 +252,8 @@ REFERENCE = {
     "machine": "Intel Xeon @ 2.80GHz (Ice Lake, 2 cores) with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2, fp32",
     "step_ms": 63.0,
     # bench_notebooks.py --shared-cache (make run's order, one fresh cache), 2026-11-29
-    "notebooks_s": {"00_introduction": 211.9, "01_adaptsegnet": 340.5, "02_das3": 408.9, "03_ripu": 430.4,
-                    "04_cdcl": 455.5, "05_ddep": 486.4},
+    "notebooks_s": {"00_introduction": 201.8, "01_adaptsegnet": 339.2, "02_das3": 212.2, "03_ripu": 231.8,
+                    "04_cdcl": 283.6, "05_ddep": 320.2},
 }
 
 
