@@ -296,7 +296,7 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
 # Summary
 # ----------------------------------------------------------------------------------
 def _yes_no(claim: dict) -> str:
-    if claim.get("verdict"):                       # Run.skip: "not run at quick"
+    if claim.get("not_run"):                       # Run.skip: "not run at quick"
         return "not run"
     return {True: "yes", False: "no"}.get(claim.get("holds"), "undecided")
 
