@@ -328,9 +328,18 @@ class Run:
         return save_figure(fig, self.dir, name)
 
     def save(self) -> Path:
+        from datetime import datetime, timezone
+
+        from .machine import record as machine_record
+
+        try:
+            machine = machine_record(self.config.get("device", "auto"), self.config.get("amp", "auto"))
+        except Exception as e:  # noqa: BLE001 -- a description of the machine must never lose the results
+            machine = {"error": f"{type(e).__name__}: {e}"}
         record = {
             "notebook": self.notebook, "profile": self.profile, "seeds": self.seeds,
             "runtime_s": round(time.perf_counter() - self.t0, 1),
+            "date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": machine,
             "results": self.results, "claims": self.claims,
             "config": _clean({k: v for k, v in self.config.items()}),
         }
