@@ -6,6 +6,7 @@
     kit run 01 --profile smoke --cell-timeout 600      # a stem or its two-digit prefix
     kit run-all --profile quick                         # every notebooks/NN_*.ipynb, then the summary
     kit summary --profile quick                         # runs/quick/*/metrics.json as a table
+    kit results-page --profile full                     # docs/results-full.md from runs/full/*/metrics.json
     kit params 01_adaptsegnet                           # the parameters a notebook declares
     kit train supervised --profile smoke -p ITERS=20    # one process ...
     torchrun --nproc_per_node=4 -m kit train supervised --profile paper   # ... or N GPUs
@@ -296,7 +297,7 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
 # Summary
 # ----------------------------------------------------------------------------------
 def _yes_no(claim: dict) -> str:
-    if claim.get("verdict"):                       # Run.skip: "not run at quick"
+    if claim.get("not_run"):                       # Run.skip: "not run at quick"
         return "not run"
     return {True: "yes", False: "no"}.get(claim.get("holds"), "undecided")
 
@@ -441,6 +442,22 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_results_page(args) -> int:
+    from .config import PROFILES
+    from .report import write_results_page
+
+    profile = args.profile or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise CliError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
+    runs = Path(args.runs) if args.runs else runs_root()
+    if not (runs / profile).is_dir():
+        raise CliError(f"no runs for profile {profile!r}: {runs / profile}/ does not exist. "
+                       f"Run `kit run-all --profile {profile}` first.")
+    out = write_results_page(profile, args.out or Path("docs") / f"results-{profile}.md", runs)
+    print(f"[kit] wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="kit", description="Run the kit's notebooks headless, summarise their "
                                  "results, train methods outside notebooks (also under torchrun).")
@@ -471,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help=f"default {DEFAULT_PROFILE}")
     p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("results-page", help="write the results page (docs/results-<profile>.md) from "
+                       "runs/<profile>/*/metrics.json")
+    p.add_argument("--profile", default=None, help=f"default {DEFAULT_PROFILE}")
+    p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
+    p.add_argument("--out", default=None, help="the page (default docs/results-<profile>.md)")
+    p.set_defaults(func=_cmd_results_page)
 
     p = sub.add_parser("params", help="the parameters a notebook declares, with defaults and types")
     p.add_argument("notebook")

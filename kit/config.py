@@ -26,6 +26,7 @@ import difflib
 import json
 from typing import Any, Mapping
 
+from .machine import AMP_MODES
 from .methods import defaults as _defaults
 from .methods.defaults import KEY_SECTIONS, SECTIONS, Field
 
@@ -245,8 +246,8 @@ def resolve(profile: str = "quick", method: str = "intro", **overrides: Any) -> 
 
 
 def _validate(cfg: dict[str, Any]) -> None:
-    if cfg["amp"] not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {cfg['amp']!r}")
+    if cfg["amp"] not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg['amp']!r}")
     for key in _BN_FIELDS:
         if key in cfg and not (cfg[key] is False or cfg[key] is True or cfg[key] == "affine"):
             raise ValueError(f"{key} must be False, True or 'affine', got {cfg[key]!r}")

@@ -232,6 +232,22 @@ def effect(values: Any, paired_with: Any = None, confidence: float = 0.95,
                   test=test, p_value=p, margin=float(margin), verdict=verdict)
 
 
+def all_hold(effects: Iterable[Effect]) -> str:
+    """The verdict on "every one of these effects > 0": "does not hold" when one of them
+    does not hold, "holds" when all hold, else "undecided".
+
+    >>> up, flat = effect([1.0, 1.2, 0.9]), effect([1.0, -1.0, 0.5])
+    >>> all_hold([up, up]), all_hold([up, flat]), all_hold([up, effect([-1.0, -1.2, -0.9])])
+    ('holds', 'undecided', 'does not hold')
+    """
+    verdicts = [e.verdict for e in effects]
+    if not verdicts:
+        raise ValueError("all_hold: no effects given")
+    if "does not hold" in verdicts:
+        return "does not hold"
+    return "holds" if all(v == "holds" for v in verdicts) else "undecided"
+
+
 class Run:
     """Collects a notebook's results, claims and figures and writes them to its run folder."""
 
@@ -258,6 +274,28 @@ class Run:
         self.claims = [c for c in self.claims if c["id"] != id] + [rec]
         return rec
 
+    def claim_effect(self, id: str, claim: str, paper: str, effects: Effect | Mapping[str, Effect],
+                     here: str = "") -> dict:
+        """Record a claim decided by effect sizes over seeds (:func:`effect`): one effect, or
+        ``{label: effect}`` that must all be > 0 (:func:`all_hold`). The verdict is holds /
+        does not hold / undecided, ``here`` gets each effect with its interval, and the
+        record keeps the effects (``"effects"``) for the results page.
+
+        >>> import tempfile
+        >>> r = Run("demo", {"profile": "quick", "seeds": [0, 1, 2], "run_dir": tempfile.mkdtemp()})
+        >>> rec = r.claim_effect("C1", "a beats b", "Table 1", {"a - b": effect([1.0, 1.5, 1.2])})
+        >>> rec["holds"], rec["verdict"], rec["here"]
+        (True, 'holds', 'a - b: +1.2 [+0.6, +1.8] (95% CI, one sample, 3 seeds)')
+        """
+        named = {"": effects} if isinstance(effects, Effect) else dict(effects)
+        verdict = all_hold(named.values())
+        text = "; ".join((f"{k}: " if k else "") + e.format() for k, e in named.items())
+        rec = self.claim(id, claim, paper, f"{here}; {text}" if here else text,
+                         {"holds": True, "does not hold": False}.get(verdict))
+        rec["verdict"] = verdict
+        rec["effects"] = {k: e.as_dict() for k, e in named.items()}
+        return rec
+
     def skip(self, id: str, claim: str, paper: str, why: str) -> dict:
         """Record a claim this run does not test, e.g. one whose runs belong to a longer
         profile (``cfg.extended`` is False at quick); its verdict reads "not run" and
@@ -271,6 +309,7 @@ class Run:
         """
         rec = self.claim(id, claim, paper, why, None)
         rec["verdict"] = f"not run at {self.profile}"
+        rec["not_run"] = True
         return rec
 
     def claims_frame(self):
@@ -289,9 +328,18 @@ class Run:
         return save_figure(fig, self.dir, name)
 
     def save(self) -> Path:
+        from datetime import datetime, timezone
+
+        from .machine import record as machine_record
+
+        try:
+            machine = machine_record(self.config.get("device", "auto"), self.config.get("amp", "auto"))
+        except Exception as e:  # noqa: BLE001 -- a description of the machine must never lose the results
+            machine = {"error": f"{type(e).__name__}: {e}"}
         record = {
             "notebook": self.notebook, "profile": self.profile, "seeds": self.seeds,
             "runtime_s": round(time.perf_counter() - self.t0, 1),
+            "date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": machine,
             "results": self.results, "claims": self.claims,
             "config": _clean({k: v for k, v in self.config.items()}),
         }

@@ -182,3 +182,28 @@ def test_info_command(capsys):
         assert d["auto_precision"] in ("fp32", "bf16") and d["threads"] >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["results-page", "--profile", "full"]) == 2
+    assert "no runs for profile 'full'" in capsys.readouterr().err
+    assert main(["results-page", "--profile", "nope"]) == 2
+    d = tmp_path / "runs" / "full" / "03_ripu"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "notebook": "03_ripu", "profile": "full", "seeds": [0, 1], "runtime_s": 42.0, "date": "2026-11-29T07:00+00:00",
+        "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.13.0", "cpu_capability": "AVX2", "precision": "fp32"},
+        "results": {"paper_vs_here": [{"setting": "RA 2.2%", "paper": 69.6, "here": "33.8 ± 1.0"}]},
+        "claims": [
+            {"id": "C1", "claim": "a | b", "paper": "p", "here": "+1.0 [+0.5, +1.5]", "holds": True, "verdict": "holds"},
+            {"id": "C2", "claim": "c", "paper": "p", "here": "h", "holds": None, "verdict": "undecided"},
+            {"id": "C4", "claim": "d", "paper": "p", "here": "runs at full", "holds": None,
+             "verdict": "not run at quick", "not_run": True}]}))
+    assert main(["results-page", "--profile", "full"]) == 0
+    page = (tmp_path / "docs" / "results-full.md").read_text()
+    assert page.startswith("# Results at the `full` profile")
+    assert "| holds | 1 |" in page and "| undecided | 1 |" in page and "| not run | 1 |" in page
+    assert "Test CPU, 2 threads" in page and "| C1 | a \\| b | p | +1.0 [+0.5, +1.5] | holds |" in page
+    assert "| RA 2.2% | 69.6 | 33.8 ± 1.0 |" in page
+    assert "No run at profile `full`" in page       # the other notebooks are listed as missing

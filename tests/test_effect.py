@@ -1,12 +1,13 @@
 """kit.results.effect: t intervals and verdicts against numbers computed by hand."""
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 
-from kit.results import Effect, Run, effect
+from kit.results import Effect, Run, all_hold, effect
 
 # Two-sided 95% quantiles of Student's t, from the table: t(0.975; df).
 T975 = {2: 4.302652729911275, 3: 3.182446305284263, 4: 2.7764451051977987}
@@ -115,3 +116,25 @@ def test_effect_feeds_a_claim(tmp_path):
     e = effect(B, paired_with=A)
     rec = run.claim("C1", "B beats A", "paper: +1", str(e), e.holds)
     assert rec["holds"] is True
+
+
+def test_claim_effect_records_verdict_interval_and_effects(tmp_path):
+    run = Run("nb", {"profile": "quick", "seeds": [0, 1, 2, 3], "run_dir": str(tmp_path)})
+    up = effect(B, paired_with=A)                                   # holds
+    noisy = effect({0: 1.0, 1: -1.0, 2: 0.5, 3: -0.2})              # straddles 0
+    down = effect({0: -1.0, 1: -1.2, 2: -0.9, 3: -1.1})             # the opposite effect
+    assert run.claim_effect("C1", "B beats A", "p", up)["verdict"] == "holds"
+    mixed = run.claim_effect("C2", "both", "p", {"B − A": up, "noise": noisy}, here="means 1 vs 2")
+    assert mixed["holds"] is None and mixed["verdict"] == "undecided"
+    assert mixed["here"].startswith("means 1 vs 2; B − A: +1.5 [") and "noise: " in mixed["here"]
+    assert set(mixed["effects"]) == {"B − A", "noise"} and mixed["effects"]["B − A"]["n"] == 4
+    refuted = run.claim_effect("C3", "x", "p", {"a": up, "b": down})
+    assert refuted["holds"] is False and refuted["verdict"] == "does not hold"
+    skipped = run.skip("C4", "y", "p", "runs at PROFILE='full'")
+    assert skipped["not_run"] and skipped["holds"] is None
+    frame = run.claims_frame()
+    assert frame["verdict"].tolist() == ["holds", "undecided", "does not hold", "not run at quick"]
+    data = json.loads(run.save().read_text())
+    assert [c["verdict"] for c in data["claims"]] == frame["verdict"].tolist()
+    with pytest.raises(ValueError, match="no effects"):
+        all_hold([])
