@@ -285,7 +285,7 @@ class Run:
         >>> r = Run("demo", {"profile": "quick", "seeds": [0, 1, 2], "run_dir": tempfile.mkdtemp()})
         >>> rec = r.claim_effect("C1", "a beats b", "Table 1", {"a - b": effect([1.0, 1.5, 1.2])})
         >>> rec["holds"], rec["verdict"], rec["here"]
-        (True, 'holds', 'a - b: +1.2 [+0.6, +1.8] (95% CI, one sample, 3 seeds)')
+        (True, 'holds', 'a - b: +1.2 [+0.6, +1.9] (95% CI, one sample, 3 seeds)')
         """
         named = {"": effects} if isinstance(effects, Effect) else dict(effects)
         verdict = all_hold(named.values())
