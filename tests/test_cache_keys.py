@@ -77,6 +77,19 @@ def test_tagged_fields_stay_out_of_other_models():
                                                                                              tags=("pretrain",))
 
 
+def test_ddep_pretrained_models_ignore_the_fine_tuning_recipe():
+    """The encoder and the denoising pretraining do not read the fine-tuning length; the
+    pretraining does not read the fine-tuning LR and batch either (it has its own)."""
+    cfg = resolve("smoke", "ddep")
+    for tag, unused in (("encoder", {"iters": 99}), ("pretrain", {"iters": 99, "lr": 0.5, "batch_size": 3})):
+        k = model_key(cfg, "ddep", seed=0, tags=(tag,))
+        assert model_key({**cfg, **unused}, "ddep", seed=0, tags=(tag,)) == k, tag
+    assert model_key({**cfg, "lr": 0.5}, "ddep", seed=0, tags=("encoder",)) != model_key(cfg, "ddep", seed=0,
+                                                                                         tags=("encoder",))
+    assert model_key({**cfg, "supervised_iters": 9}, "ddep", seed=0, tags=("encoder",)) != model_key(
+        cfg, "ddep", seed=0, tags=("encoder",))
+
+
 def test_ddep_finetune_key_holds_the_whole_recipe():
     names = set(key_fields("ddep", ("finetune",)))
     assert {"momentum", "weight_decay", "poly_power", "amp", "iters", "lr", "batch_size", "optimizer"} <= names

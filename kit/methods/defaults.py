@@ -346,6 +346,13 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "pretrain_lr": F(2e-3, "optim", ("pretrain",)),
             # supervised encoder stand-in (trained with labels on cfg["source"])
             "supervised_iters": F(200, "schedule", ("encoder",)),
+            # the common recipe fields that only some of DDeP's models read: the fine-tuning length
+            # (the encoder and the pretraining have their own), and the LR and batch of the encoder
+            # and the fine-tuning (the pretraining has pretrain_lr / pretrain_batch_size); so
+            # changing ITERS does not retrain the encoder or the pretraining
+            "iters": F(COMMON["iters"].default, "schedule", ("finetune",)),
+            "lr": F(COMMON["lr"].default, "optim", ("encoder", "finetune")),
+            "batch_size": F(COMMON["batch_size"].default, "optim", ("encoder", "finetune")),
             # fine-tuning uses iters, batch_size, lr; what the notebook and `kit train ddep` run:
             "label_fractions": F([0.01, 0.05, 0.25, 1.0], "notebook"),
             "inits": F(["random", "supervised", "dep", "ddep"], "notebook"),
