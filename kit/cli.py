@@ -297,9 +297,11 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
 # Summary
 # ----------------------------------------------------------------------------------
 def _yes_no(claim: dict) -> str:
+    from .results import verdict
+
     if claim.get("not_run"):                       # Run.skip: "not run at quick"
         return "not run"
-    return {True: "yes", False: "no"}.get(claim.get("holds"), "undecided")
+    return {"holds": "yes", "does not hold": "no"}.get(verdict(claim), "undecided")
 
 
 def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:

@@ -47,6 +47,13 @@ def predict(model: nn.Module, images: torch.Tensor, size: Sequence[int] | None =
     return prob
 
 
+def _loader(dataset: Dataset, max_items: int | None, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """The first ``max_items`` items of ``dataset`` (all with None), in order, in batches."""
+    n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
+    sub = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset  # type: ignore[arg-type]
+    return DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
 @dataclass
 class EvalResult:
     """mIoU (in %, as the papers report it), per-class IoU (%) and the confusion matrix."""
@@ -85,10 +92,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None,
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
-    n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
-    sub = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset  # type: ignore[arg-type]
-    loader = DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, y in loader:
+    for x, y in _loader(dataset, max_items, batch_size, num_workers):
         prob = predict(model, x, size=y.shape[-2:], flip=flip, amp=amp, **kw)
         cm.update(prob.argmax(1).cpu(), y)
     model.train(was_training)
@@ -127,10 +131,8 @@ def boundary_errors(model: nn.Module, dataset: Dataset, width: int = 1, batch_si
     """
     was_training = model.training
     model.eval()
-    n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
-    sub = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset  # type: ignore[arg-type]
     counts = torch.zeros(4, dtype=torch.float64)   # boundary px, boundary errors, interior px, interior errors
-    for x, y in DataLoader(sub, batch_size=batch_size, shuffle=False):
+    for x, y in _loader(dataset, max_items, batch_size):
         wrong = predict(model, x, size=y.shape[-2:], amp=amp, **kw).argmax(1).cpu() != y
         edge, valid = boundary_mask(y, width, ignore_index), y != ignore_index
         inner = valid & ~edge

@@ -312,26 +312,24 @@ def record(device: str | torch.device = "auto", amp: str = "auto") -> dict[str, 
     beyond what ``amp_dtype`` has cached): CPU model, flags and kernel level, torch, GPU, the
     threads torch uses now, and the precision ``amp`` resolves to on ``device``."""
     dev = resolve_device(device)
-    return {"cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
-            "cpu_flags": notable_cpu_flags(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    return {**_platform(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "threads": torch.get_num_threads(),
             "precision": "bf16" if amp_dtype(dev, amp) == torch.bfloat16 else "fp32"}
+
+
+def _platform() -> dict[str, Any]:
+    """The CPU, its flags and kernel level, and torch: what :func:`record` and :func:`info` share."""
+    return {"cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
+            "cpu_flags": notable_cpu_flags(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__}
 
 
 def info(measure: bool = True) -> dict[str, Any]:
     """What ``kit info`` prints: CPU model and flags, GPU, the precision ``auto`` picks, threads,
     and (``measure``) the quick-profile step time with the minutes each notebook should take."""
     out: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "arch": platform.machine(),
-        "cores": os.cpu_count(),
-        "cpu_flags": notable_cpu_flags(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        **_platform(),
         "native_bf16_cpu": native_bf16_cpu(),
-        "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     out["gpu_bf16"] = bool(torch.cuda.is_bf16_supported()) if out["gpu"] else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
-from .results import load_metrics
+from .results import load_metrics, verdict
 
 __all__ = ["PAPER_TABLES", "NOTEBOOKS", "results_page", "write_results_page"]
 
@@ -56,12 +56,6 @@ def _table(rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) 
     return out
 
 
-def _verdict(c: Mapping[str, Any]) -> str:
-    if c.get("verdict"):
-        return c["verdict"]
-    return {True: "holds", False: "does not hold"}.get(c.get("holds"), "undecided")
-
-
 def _machine(m: Mapping[str, Any] | None) -> str:
     if not m:
         return "not recorded"
@@ -92,7 +86,7 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
         sections += ["", "**Claims**", ""]
         rows = []
         for c in m["claims"]:
-            v = _verdict(c)
+            v = verdict(c)
             counts["not run" if c.get("not_run") else v if v in counts else "undecided"] += 1
             rows.append({"id": c["id"], "claim": c["claim"], "paper": c["paper"], "here": c["here"], "verdict": v})
         sections += _table(rows, ["id", "claim", "paper", "here", "verdict"])

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
 
-__all__ = ["Effect", "Run", "effect", "load_metrics", "mean_sd"]
+__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "mean_sd", "verdict"]
 
 
 def _clean(x: Any) -> Any:
@@ -73,6 +73,8 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float]:
 
 
 VERDICTS = ("holds", "does not hold", "undecided")
+#: a verdict as the ``holds`` field of a claim record: True, False or None (undecided)
+HOLDS = {"holds": True, "does not hold": False, "undecided": None}
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class Effect:
     @property
     def holds(self) -> bool | None:
         """The verdict as :meth:`Run.claim` takes it: True, False or None (undecided)."""
-        return {"holds": True, "does not hold": False}.get(self.verdict)
+        return HOLDS[self.verdict]
 
     def as_dict(self) -> dict:
         """The fields (and ``paired``) as a plain dict, e.g. a row of a results table."""
@@ -248,6 +250,18 @@ def all_hold(effects: Iterable[Effect]) -> str:
     return "holds" if all(v == "holds" for v in verdicts) else "undecided"
 
 
+def verdict(claim: Mapping[str, Any]) -> str:
+    """A claim record's verdict: its ``verdict`` (:meth:`Run.claim_effect`, :meth:`Run.skip`),
+    else read from ``holds`` (records of :meth:`Run.claim` and of older runs).
+
+    >>> verdict({"holds": None}), verdict({"holds": False}), verdict({"holds": None, "verdict": "not run at quick"})
+    ('undecided', 'does not hold', 'not run at quick')
+    """
+    if claim.get("verdict"):
+        return claim["verdict"]
+    return {True: "holds", False: "does not hold"}.get(claim.get("holds"), "undecided")
+
+
 class Run:
     """Collects a notebook's results, claims and figures and writes them to its run folder."""
 
@@ -290,8 +304,7 @@ class Run:
         named = {"": effects} if isinstance(effects, Effect) else dict(effects)
         verdict = all_hold(named.values())
         text = "; ".join((f"{k}: " if k else "") + e.format() for k, e in named.items())
-        rec = self.claim(id, claim, paper, f"{here}; {text}" if here else text,
-                         {"holds": True, "does not hold": False}.get(verdict))
+        rec = self.claim(id, claim, paper, f"{here}; {text}" if here else text, HOLDS[verdict])
         rec["verdict"] = verdict
         rec["effects"] = {k: e.as_dict() for k, e in named.items()}
         return rec
@@ -318,8 +331,7 @@ class Run:
         import pandas as pd
 
         df = pd.DataFrame(self.claims, columns=["id", "claim", "paper", "here", "holds"])
-        named = {True: "holds", False: "does not hold", None: "undecided"}
-        df["verdict"] = [c.get("verdict") or named[c["holds"]] for c in self.claims]
+        df["verdict"] = [verdict(c) for c in self.claims]
         return df
 
     def figure(self, fig, name: str) -> Path:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Field", "SECTIONS", "KEY_SECTIONS", "COMMON", "PROFILES", "BASES", "METHODS"]
+__all__ = ["Field", "SECTIONS", "KEY_SECTIONS", "COMMON", "FULL_SEEDS", "PROFILES", "BASES", "METHODS"]
 
 #: every section, in display order
 SECTIONS = ("data", "model", "optim", "schedule", "method", "run", "notebook")
@@ -103,6 +103,9 @@ COMMON: dict[str, Field] = {
     "extended": F(True, "notebook"),
 }
 
+#: the paired seeds of the full profile (its seeds, and the sweep and ablation seeds of its notebooks)
+FULL_SEEDS = [0, 1, 2, 3, 4]
+
 #: profile presets: values of common fields
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -116,7 +119,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"profile": "quick", "depth": 10, "extended": False},
     # full: the quick recipe (every method's quick values apply, see BASES) with five paired
     # seeds and every comparison of every notebook, the extended ones included
-    "full": {"profile": "full", "seeds": [0, 1, 2, 3, 4], "extended": True},
+    "full": {"profile": "full", "seeds": FULL_SEEDS, "extended": True},
     "paper": {
         "profile": "paper", "seeds": [0], "size": [512, 1024], "source_size": [720, 1280],
         "eval_size": [512, 1024],
@@ -177,9 +180,9 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
                   "d_width": 16, "d_lr": 2e-4, "lambda_adv": 0.01, "lambda_adv_aux": 0.002,
                   "lambda_sweep": [0.005, 0.01, 0.02, 0.04], "feature_upsample": 4, "eval_every": 25,
                   "eval_items": 100, "log_every": 10},
+        "full": {"sweep_seeds": FULL_SEEDS},
         # paper: the official code's BatchNorm regime (affine frozen, batch statistics) in the
         # source-only model and in G, not DeepLab-v2's eval-mode frozen BN of the other papers
-        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
         "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000,
                   "frozen_bn": "affine", "bn_frozen": "affine"},
     },
@@ -223,7 +226,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # fine-tuned from the cached source-only model with Adam, short schedule (see the notebook)
         "quick": {"iters": 60, "batch_size": 4, "lr": 5e-4, "pool_size": 100, "pa_suppress": 3,
                   "eval_items": 100, "log_every": 10, "progress": False},
-        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
+        "full": {"sweep_seeds": FULL_SEEDS},
         "paper": {"iters": 62500, "max_iters": 40000, "batch_size": 2, "select_at": [10000, 12000, 14000, 16000, 18000],
                   "init": "pretrained", "budget_rounding": "ceil", "size": [640, 1280], "source_size": [720, 1280],
                   "eval_size": [1024, 2048], "eval_every": 2000, "flip_eval": True, "select_batch_size": 2},
@@ -285,7 +288,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # unbalanced class distribution too hard towards uniform; 100:1 is used instead.
         # Stage 3 gets 200 iterations: at 100 it does not move the model measurably.
         "quick": {"scan_items": 256, "div_weight": 0.01, "stage3_iters": 200},
-        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
+        "full": {"sweep_seeds": FULL_SEEDS},
         # The paper's DeepLab-v2 SGD recipe (lr 2.5e-4, heads x10, poly). The card gives no
         # stage lengths; 5000 iterations per stage is this kit's choice. Only the *ratio* of
         # the alignment weights (10:1) is taken from the authors' later code (AdamW, where the
@@ -317,7 +320,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "common": {"model": "pspnet"},
         "smoke": {"n_train": 16, "n_val": 8, "iters": 3, "ft_iters": 2, "batch_size": 2},
         "quick": {"n_train": 96, "n_val": 96, "iters": 150, "ft_iters": 100, "seeds": [0, 1]},
-        "full": {"ablation_seeds": [0, 1, 2, 3, 4]},
+        "full": {"ablation_seeds": FULL_SEEDS},
         "paper": {"depth": 18, "width": 64, "output_stride": 8, "size": [512, 512], "source_size": None,
                   "eval_size": [512, 1024], "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
                   "weight_decay": 1e-4, "head_lr_mult": 10.0, "batch_size": 8, "frozen_bn": False,
@@ -368,7 +371,7 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # quick: 2 seeds, 80 fine-tuning steps, the quick profile's ResNet-10 layout at width 8 (4 inits x 4 fractions x
         # 2 seeds + the sigma sweep must fit in ~4.5 CPU minutes); Adam from scratch like the toy profile
         "quick": {"seeds": [0, 1], "iters": 80},
-        "full": {"sweep_seeds": [0, 1, 2, 3, 4]},
+        "full": {"sweep_seeds": FULL_SEEDS},
         # The paper: TransUNet (R50 + ViT-B/16, 12 layers), sigma = 0.2, Cityscapes label fractions.
         # Here: ResNet-18 at width 64 + a 12-layer Transformer on its 512-d stride-32 tokens (the
         # kit's UNet has no token projection, so a ResNet-50's 2048-d tokens would make 12 layers
