@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
-from .results import load_metrics, verdict
+from .results import load_metrics, seeds_needed, verdict
 
 __all__ = ["PAPER_TABLES", "NOTEBOOKS", "results_page", "write_results_page"]
 
@@ -69,6 +69,23 @@ def _machine(m: Mapping[str, Any] | None) -> str:
     return ", ".join(bits)
 
 
+def _undecided_budget(claims: Iterable[Mapping[str, Any]]) -> Iterable[dict]:
+    """One row per undecided effect of the undecided claims: what it would take to decide it."""
+    for c in claims:
+        if c.get("not_run") or verdict(c) != "undecided":
+            continue
+        for label, e in (c.get("effects") or {}).items():
+            if e.get("verdict") != "undecided":
+                continue
+            mean, sd = e.get("mean"), e.get("sd")
+            ok = isinstance(mean, (int, float)) and isinstance(sd, (int, float))
+            need = seeds_needed(mean, sd, e.get("confidence") or 0.95) if ok else None
+            yield {"id": c["id"], "effect": label or "effect", "mean": mean, "sd": sd, "seeds now": e.get("n"),
+                   "seeds needed": need if need is not None else
+                   ("no estimate (one seed or unpaired)" if not ok or not math.isfinite(sd) else
+                    "no effect measured" if mean == 0 else "more than 10000")}
+
+
 def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
     """The Markdown of the results page for ``profile`` from ``<runs_dir>/<profile>/*/metrics.json``."""
     base = Path(runs_dir or runs_root()) / profile
@@ -90,6 +107,12 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
             counts["not run" if c.get("not_run") else v if v in counts else "undecided"] += 1
             rows.append({"id": c["id"], "claim": c["claim"], "paper": c["paper"], "here": c["here"], "verdict": v})
         sections += _table(rows, ["id", "claim", "paper", "here", "verdict"])
+        budget = list(_undecided_budget(m["claims"]))
+        if budget:
+            sections += ["", "**Undecided effects: the seeds that would decide them** (80% power at 95% "
+                         "confidence if the measured mean and seed-to-seed sd were the truth; "
+                         "`kit.results.seeds_needed`)", ""]
+            sections += _table(budget, ["id", "effect", "mean", "sd", "seeds now", "seeds needed"])
         table = m["results"].get(PAPER_TABLES.get(nb, ""))
         if isinstance(table, list) and table:
             sections += ["", f"**Paper vs here** (`{PAPER_TABLES[nb]}`)", ""]

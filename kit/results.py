@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
 
-__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "mean_sd", "verdict"]
+__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "mean_sd", "seeds_needed", "verdict"]
 
 
 def _clean(x: Any) -> Any:
@@ -123,6 +123,44 @@ class Effect:
                 f"({self.confidence:.0%} CI, {kind}, {self.n} seeds)")
 
     __str__ = format
+
+    def seeds_needed(self, power: float = 0.8) -> int | None:
+        """The seeds an undecided effect would need; see :func:`seeds_needed`."""
+        return seeds_needed(self.mean, self.sd, self.confidence, power)
+
+
+def seeds_needed(mean: float, sd: float, confidence: float = 0.95, power: float = 0.8,
+                 max_n: int = 10_000) -> int | None:
+    """How many (paired) seeds a t test needs to find an effect of size ``mean`` with
+    seed-to-seed sd ``sd`` at ``confidence`` with probability ``power``: the smallest n
+    with ``(t_{(1+confidence)/2, n-1} + t_{power, n-1}) * sd / sqrt(n) <= |mean|``
+    (the usual approximation of the power of a one-sample / paired t test).
+
+    It answers "what budget would decide this?" for an undecided claim *if* the measured
+    mean and sd are the truth; both are themselves uncertain with few seeds, so read it as
+    an order of magnitude. None when it cannot be estimated (no sd: one seed or unpaired
+    groups; a zero effect) or exceeds ``max_n``.
+
+    >>> seeds_needed(1.0, 1.0), seeds_needed(0.5, 1.0), seeds_needed(0.0, 1.0), seeds_needed(1.0, float("nan"))
+    (10, 34, None, None)
+    """
+    from scipy import stats
+
+    if not (math.isfinite(mean) and math.isfinite(sd)) or mean == 0 or not 0 < power < 1:
+        return None
+    if sd == 0:
+        return 2
+    def enough(n: int) -> bool:  # decreasing half-width in n, so bisect
+        t = stats.t.ppf((1 + confidence) / 2, n - 1) + stats.t.ppf(power, n - 1)
+        return t * sd / math.sqrt(n) <= abs(mean)
+
+    if not enough(max_n):
+        return None
+    lo, hi = 2, max_n  # enough(hi) is True
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
 
 
 def _per_seed(x: Any, name: str) -> tuple[list[float], list | None]:

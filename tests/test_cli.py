@@ -197,7 +197,10 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
         "results": {"paper_vs_here": [{"setting": "RA 2.2%", "paper": 69.6, "here": "33.8 ± 1.0"}]},
         "claims": [
             {"id": "C1", "claim": "a | b", "paper": "p", "here": "+1.0 [+0.5, +1.5]", "holds": True, "verdict": "holds"},
-            {"id": "C2", "claim": "c", "paper": "p", "here": "h", "holds": None, "verdict": "undecided"},
+            {"id": "C2", "claim": "c", "paper": "p", "here": "h", "holds": None, "verdict": "undecided",
+             "effects": {"x − y": {"mean": 1.0, "sd": 1.0, "n": 3, "confidence": 0.95, "verdict": "undecided"},
+                         "one seed": {"mean": 2.0, "sd": None, "n": 1, "confidence": 0.95, "verdict": "undecided"},
+                         "decided": {"mean": 3.0, "sd": 0.1, "n": 3, "confidence": 0.95, "verdict": "holds"}}},
             {"id": "C4", "claim": "d", "paper": "p", "here": "runs at full", "holds": None,
              "verdict": "not run at quick", "not_run": True}]}))
     assert main(["results-page", "--profile", "full"]) == 0
@@ -206,4 +209,7 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
     assert "| holds | 1 |" in page and "| undecided | 1 |" in page and "| not run | 1 |" in page
     assert "Test CPU, 2 threads" in page and "| C1 | a \\| b | p | +1.0 [+0.5, +1.5] | holds |" in page
     assert "| RA 2.2% | 69.6 | 33.8 ± 1.0 |" in page
+    # each undecided effect with the seeds that would decide it (the decided one is not listed)
+    assert "| C2 | x − y | 1 | 1 | 3 | 10 |" in page and "| C2 | one seed | 2 |  | 1 | no estimate" in page
+    assert "| C2 | decided |" not in page
     assert "No run at profile `full`" in page       # the other notebooks are listed as missing

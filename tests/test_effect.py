@@ -138,3 +138,29 @@ def test_claim_effect_records_verdict_interval_and_effects(tmp_path):
     assert [c["verdict"] for c in data["claims"]] == frame["verdict"].tolist()
     with pytest.raises(ValueError, match="no effects"):
         all_hold([])
+
+
+def test_seeds_needed_gives_the_stated_power():
+    """With n = seeds_needed(d, sd) normal paired differences, the t interval excludes 0 in
+    about `power` of repeats (simulated); with n - 2 seeds clearly less often."""
+    import numpy as np
+    from scipy import stats
+
+    from kit.results import seeds_needed
+
+    d, sd = 0.8, 1.5
+    n = seeds_needed(d, sd)
+    assert n == seeds_needed(-d, sd) and seeds_needed(d, 2 * sd) > n  # sign-free, grows with noise
+    rng = np.random.default_rng(0)
+
+    def power(k):
+        x = rng.normal(d, sd, size=(4000, k))
+        t = x.mean(1) / (x.std(1, ddof=1) / np.sqrt(k))
+        return float((t > stats.t.ppf(0.975, k - 1)).mean())
+
+    assert 0.76 <= power(n) <= 0.86
+    assert power(n - 2) < 0.78
+    e = effect([1.0, -0.5, 2.0, 0.3])
+    assert e.verdict == "undecided" and e.seeds_needed() == seeds_needed(e.mean, e.sd) > e.n
+    assert seeds_needed(0.0, 1.0) is None and seeds_needed(1.0, math.nan) is None
+    assert seeds_needed(1.0, 0.0) == 2 and seeds_needed(1e-4, 1.0, max_n=50) is None
