@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
 
-__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "mean_sd", "seeds_needed", "verdict"]
+__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "load_result", "mean_sd", "seeds_needed", "verdict"]
 
 
 def _clean(x: Any) -> Any:
@@ -409,3 +409,19 @@ def load_metrics(path: str | Path) -> dict:
             if k not in c:
                 raise ValueError(f"{path}: claim {c.get('id')} lacks {k!r}")
     return data
+
+
+def load_result(path: str | Path, table: str) -> Any:
+    """The table ``table`` of another notebook's run (its ``metrics.json`` at ``path``), e.g.
+    ``load_result("runs/quick/01_adaptsegnet/metrics.json", "main_summary")``; None when that
+    notebook has not been run (no file). Raises ValueError naming the recorded tables when the
+    run exists but lacks ``table``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    results = load_metrics(path)["results"]
+    if table not in results:
+        raise ValueError(f"{path} has no result {table!r}; it records {sorted(results)}")
+    return results[table]
+

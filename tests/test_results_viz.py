@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 
 from kit import losses, viz
 from kit.config import resolve
-from kit.results import Run, load_metrics, mean_sd
+from kit.results import Run, load_metrics, load_result, mean_sd
 
 
 def test_run_writes_schema(tmp_path):
@@ -34,6 +34,18 @@ def test_load_metrics_rejects_incomplete(tmp_path):
     p.write_text(json.dumps({"notebook": "x", "claims": []}))
     with pytest.raises(ValueError, match="lacks keys"):
         load_metrics(p)
+
+
+def test_load_result_reads_another_notebooks_table(tmp_path):
+    """03 reads 01's main table by name: None before 01 has run, a clear error for a wrong name."""
+    path = tmp_path / "01" / "metrics.json"
+    assert load_result(path, "main_summary") is None
+    run = Run("01", resolve("smoke", run_dir=str(tmp_path / "01")))
+    run.add("main_summary", pd.DataFrame({"method": ["single-level"], "here mIoU": [29.4]}))
+    assert run.save() == path
+    assert load_result(path, "main_summary") == [{"method": "single-level", "here mIoU": 29.4}]
+    with pytest.raises(ValueError, match=r"no result 'summary'; it records \['main_summary'\]"):
+        load_result(path, "summary")
 
 
 def test_mean_sd():
