@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from .cache import atomic_write_bytes, runs_root
 from .results import load_metrics, seeds_needed, verdict
 
-__all__ = ["PAPER_TABLES", "NOTEBOOKS", "results_page", "write_results_page"]
+__all__ = ["PAPER_TABLES", "PER_SEED", "NOTEBOOKS", "results_page", "write_results_page"]
 
 #: the notebooks of the kit, in order, with the paper each reproduces
 NOTEBOOKS = {
@@ -36,6 +36,25 @@ PAPER_TABLES = {
     "04_cdcl": "main_gains",
     "05_ddep": "label_fraction_curve",
 }
+#: per notebook whose paper table is recorded per seed: the columns that name a row, and the
+#: measured column, shown as mean ± sd over the seeds
+PER_SEED = {"05_ddep": (["init", "fraction (%)"], "mIoU")}
+
+
+def _over_seeds(rows: list[Mapping[str, Any]], keys: list[str], value: str) -> list[dict]:
+    """Rows recorded per seed -> one row per ``keys`` with the mean ± sd of ``value`` over seeds."""
+    import statistics
+
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        v = r.get(value)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            groups.setdefault(tuple(r.get(k) for k in keys), []).append(float(v))
+    out = []
+    for k, vals in groups.items():
+        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+        out.append({**dict(zip(keys, k)), f"{value} (mean)": statistics.fmean(vals), "sd": sd, "seeds": len(vals)})
+    return out
 
 
 def _cell(v: Any) -> str:
@@ -115,7 +134,10 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
             sections += _table(budget, ["id", "effect", "mean", "sd", "seeds now", "seeds needed"])
         table = m["results"].get(PAPER_TABLES.get(nb, ""))
         if isinstance(table, list) and table:
-            sections += ["", f"**Paper vs here** (`{PAPER_TABLES[nb]}`)", ""]
+            note = ""
+            if nb in PER_SEED and all("seed" in r for r in table):
+                table, note = _over_seeds(table, *PER_SEED[nb]), ", mean ± sd over seeds"
+            sections += ["", f"**Paper vs here** (`{PAPER_TABLES[nb]}`{note})", ""]
             sections += _table(table)
     head = [
         f"# Results at the `{profile}` profile",

@@ -213,3 +213,18 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
     assert "| C2 | x − y | 1 | 1 | 3 | 10 |" in page and "| C2 | one seed | 2 |  | 1 | no estimate" in page
     assert "| C2 | decided |" not in page
     assert "No run at profile `full`" in page       # the other notebooks are listed as missing
+
+
+def test_results_page_shows_a_per_seed_table_over_seeds(tmp_path):
+    from kit.report import results_page
+
+    d = tmp_path / "full" / "05_ddep"
+    d.mkdir(parents=True)
+    rows = [{"init": i, "fraction (%)": 1.0, "seed": s, "mIoU": v}
+            for i, vals in (("random init", (10.0, 12.0, 14.0)), ("DDeP", (20.0, 20.0, float("nan")))) for s, v in enumerate(vals)]
+    (d / "metrics.json").write_text(json.dumps({
+        "notebook": "05_ddep", "profile": "full", "seeds": [0, 1, 2], "runtime_s": 1.0, "claims": [],
+        "results": {"label_fraction_curve": rows}}).replace("NaN", "null"))
+    page = results_page("full", tmp_path)
+    assert "(`label_fraction_curve`, mean ± sd over seeds)" in page
+    assert "| random init | 1 | 12 | 2 | 3 |" in page and "| DDeP | 1 | 20 | 0 | 2 |" in page  # a missing value is left out
