@@ -146,7 +146,10 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
         f"{_dt.date.today().isoformat()}; do not edit by hand. Each claim's verdict comes from an effect "
         "size over seeds with its 95% t interval, paired by seed where the seeds pair "
         "(`kit.results.effect`): holds (interval above 0), does not hold (below), undecided "
-        "(straddles 0), or not run at this profile.",
+        "(straddles 0), or not run at this profile. A run's time counts only the models it trained: "
+        "models already in the cache (shared by every notebook and profile) load in seconds, so "
+        "the time of a run on a warm cache is not the time of a cold one (`benchmarks/RESULTS.md` "
+        "has the timed runs).",
         "",
         "| verdict | claims |",
         "|---|---|",
