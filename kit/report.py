@@ -99,7 +99,8 @@ def _undecided_budget(claims: Iterable[Mapping[str, Any]]) -> Iterable[dict]:
             mean, sd = e.get("mean"), e.get("sd")
             ok = isinstance(mean, (int, float)) and isinstance(sd, (int, float))
             need = seeds_needed(mean, sd, e.get("confidence") or 0.95) if ok else None
-            yield {"id": c["id"], "effect": label or "effect", "mean": mean, "sd": sd, "seeds now": e.get("n"),
+            yield {"id": c["id"], "effect": label or "effect", "mean": f"{mean:+.3g}" if ok else mean,
+                   "sd": f"{sd:.3g}" if ok and math.isfinite(sd) else None, "seeds now": e.get("n"),
                    "seeds needed": need if need is not None else
                    ("no estimate (one seed or unpaired)" if not ok or not math.isfinite(sd) else
                     "no effect measured" if mean == 0 else "more than 10000")}

@@ -210,7 +210,7 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
     assert "Test CPU, 2 threads" in page and "| C1 | a \\| b | p | +1.0 [+0.5, +1.5] | holds |" in page
     assert "| RA 2.2% | 69.6 | 33.8 ± 1.0 |" in page
     # each undecided effect with the seeds that would decide it (the decided one is not listed)
-    assert "| C2 | x − y | 1 | 1 | 3 | 10 |" in page and "| C2 | one seed | 2 |  | 1 | no estimate" in page
+    assert "| C2 | x − y | +1 | 1 | 3 | 10 |" in page and "| C2 | one seed | 2 |  | 1 | no estimate" in page
     assert "| C2 | decided |" not in page
     assert "No run at profile `full`" in page       # the other notebooks are listed as missing
 
