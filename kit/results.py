@@ -146,10 +146,13 @@ def seeds_needed(mean: float, sd: float, confidence: float = 0.95, power: float 
     """
     from scipy import stats
 
-    if not (math.isfinite(mean) and math.isfinite(sd)) or mean == 0 or not 0 < power < 1:
+    if not (0 < power < 1 and 0 < confidence < 1):
+        raise ValueError(f"seeds_needed: power and confidence must be in (0, 1), got {power!r}, {confidence!r}")
+    if not (math.isfinite(mean) and math.isfinite(sd)) or mean == 0:
         return None
     if sd == 0:
         return 2
+
     def enough(n: int) -> bool:  # decreasing half-width in n, so bisect
         t = stats.t.ppf((1 + confidence) / 2, n - 1) + stats.t.ppf(power, n - 1)
         return t * sd / math.sqrt(n) <= abs(mean)

@@ -164,3 +164,5 @@ def test_seeds_needed_gives_the_stated_power():
     assert e.verdict == "undecided" and e.seeds_needed() == seeds_needed(e.mean, e.sd) > e.n
     assert seeds_needed(0.0, 1.0) is None and seeds_needed(1.0, math.nan) is None
     assert seeds_needed(1.0, 0.0) == 2 and seeds_needed(1e-4, 1.0, max_n=50) is None
+    with pytest.raises(ValueError, match="power and confidence"):
+        seeds_needed(1.0, 1.0, power=80)
