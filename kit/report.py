@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
-from .results import load_metrics, seeds_needed, verdict
+from .results import load_metrics, mean_sd, seeds_needed, verdict
 
 __all__ = ["PAPER_TABLES", "PER_SEED", "NOTEBOOKS", "results_page", "write_results_page"]
 
@@ -42,9 +42,8 @@ PER_SEED = {"05_ddep": (["init", "fraction (%)"], "mIoU")}
 
 
 def _over_seeds(rows: list[Mapping[str, Any]], keys: list[str], value: str) -> list[dict]:
-    """Rows recorded per seed -> one row per ``keys`` with the mean ± sd of ``value`` over seeds."""
-    import statistics
-
+    """Rows recorded per seed -> one row per ``keys`` with the mean ± sd of ``value`` over seeds
+    (no sd for a single seed)."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         v = r.get(value)
@@ -52,8 +51,9 @@ def _over_seeds(rows: list[Mapping[str, Any]], keys: list[str], value: str) -> l
             groups.setdefault(tuple(r.get(k) for k in keys), []).append(float(v))
     out = []
     for k, vals in groups.items():
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        out.append({**dict(zip(keys, k)), f"{value} (mean)": statistics.fmean(vals), "sd": sd, "seeds": len(vals)})
+        mean, sd = mean_sd(vals)
+        out.append({**dict(zip(keys, k)), f"{value} (mean)": mean, "sd": sd if len(vals) > 1 else None,
+                    "seeds": len(vals)})
     return out
 
 
