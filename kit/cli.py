@@ -435,6 +435,40 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from . import experiments
+    from .machine import set_threads
+
+    params, leftovers = parse_params(args.param)
+    if leftovers:
+        raise CliError(f"-p expects KEY VALUE or KEY=VALUE; cannot read {' '.join(leftovers)!r}")
+    if args.list:
+        for i in experiments.ids():
+            e = experiments.get(i)
+            print(f"{i:<22} {e.paper}: {e.reference} (notebook {e.notebook})")
+        return 0
+    if bool(args.all) == bool(args.experiment):
+        raise CliError("name experiments (e.g. `kit reproduce ripu/table4`) or pass --all; "
+                       "`kit reproduce --list` lists them")
+    try:
+        chosen = experiments.ids() if args.all else [experiments.get(i).id for i in args.experiment]
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    set_threads(params.pop("threads", None))
+    profile = args.profile or DEFAULT_PROFILE
+    for i in chosen:
+        t0 = time.perf_counter()
+        try:
+            path = experiments.reproduce(i, profile, params, runs_dir=args.runs)
+        except (ValueError, TypeError) as e:
+            raise CliError(f"{i}: {e}") from None
+        m = json.loads(path.read_text())
+        print(f"[kit] {i}: {time.perf_counter() - t0:.0f} s -> {path}")
+        for c in m["claims"]:
+            print(f"  {c['id']}: {c.get('verdict')} -- {c['here']}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from . import machine
 
@@ -497,6 +531,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
     p.add_argument("--out", default=None, help="the page (default docs/results-<profile>.md)")
     p.set_defaults(func=_cmd_results_page)
+
+    p = sub.add_parser("reproduce", help="run paper experiments outside Jupyter (kit.experiments)",
+                       description="Run the paper tables of the registry (kit.experiments) at a profile and write "
+                       "runs/<profile>/reproduce/<id>/metrics.json, in the notebooks' format. Models come from the "
+                       "notebooks' cache, so a table a notebook has computed is re-read in seconds.")
+    p.add_argument("experiment", nargs="*", help="experiment ids, e.g. ripu/table4 (see --list)")
+    p.add_argument("--all", action="store_true", help="every registered experiment")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--profile", default=None, help=f"smoke | quick | full | paper (default {DEFAULT_PROFILE})")
+    p.add_argument("-p", "--param", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="override a config field of the experiment's method, e.g. -p SEEDS=[0,1]")
+    p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("params", help="the parameters a notebook declares, with defaults and types")
     p.add_argument("notebook")

@@ -31,7 +31,7 @@ from .methods import defaults as _defaults
 from .methods.defaults import KEY_SECTIONS, SECTIONS, Field
 
 __all__ = ["PROFILES", "METHODS", "SECTIONS", "KEY_SECTIONS", "Field", "Config", "resolve", "register_method",
-           "profile_names", "profile_chain", "fields", "section_of", "key_fields", "inherit", "INHERITED"]
+           "profile_names", "profile_chain", "fields", "section_of", "key_fields", "inherit", "INHERITED", "variant"]
 
 #: common fields, profile presets and per-method fields: one static table (kit.methods.defaults)
 _COMMON: dict[str, Field] = dict(_defaults.COMMON)
@@ -243,6 +243,25 @@ def resolve(profile: str = "quick", method: str = "intro", **overrides: Any) -> 
         cfg[key] = _coerce(key, cfg[key], value)
     _validate(cfg)
     return Config(cfg)
+
+
+def variant(cfg: Mapping[str, Any], method: str, **changes: Any) -> Config:
+    """``cfg`` (a resolved config of ``method``) with some fields changed, resolved and validated
+    again at the same profile; an explicit ``None`` in ``cfg`` (e.g. ``max_iters=None``) stays None.
+
+    >>> variant(resolve("smoke", "ripu"), "ripu", acquisition="random").acquisition
+    'random'
+    """
+    values = {k: v for k, v in cfg.items() if k != "profile"}
+    for k in changes:
+        if k not in values:
+            raise ValueError(_unknown(f"{method} config field", k, values))
+    values.update(changes)
+    out = resolve(cfg["profile"], method, **{k: v for k, v in values.items() if v is not None})
+    for k, v in values.items():
+        if v is None:
+            out[k] = None
+    return out
 
 
 def _validate(cfg: dict[str, Any]) -> None:

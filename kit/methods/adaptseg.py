@@ -43,7 +43,8 @@ import torch.nn as nn
 
 from .. import losses
 from ..cache import load_or_train, model_key, save_checkpoint
-from ..config import Config, inherit, resolve
+from ..config import Config, inherit
+from ..config import variant as config_variant
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
 from ..models import FCDiscriminator
@@ -244,15 +245,7 @@ def make_d_optimizer(cfg: Mapping[str, Any], discs: Mapping[str, nn.Module]) -> 
 
 def variant(cfg: Mapping[str, Any], **changes: Any) -> Config:
     """``cfg`` with some fields changed, validated again (e.g. ``variant(cfg, level="single", gan="lsgan")``)."""
-    fields = {k: v for k, v in cfg.items() if k != "profile"}
-    for k in changes:
-        if k not in fields:
-            raise ValueError(f"unknown adaptseg config field {k!r}; valid: {sorted(fields)}")
-    fields.update(changes)
-    out = resolve(cfg["profile"], "adaptseg", **{k: v for k, v in fields.items() if v is not None})
-    for k, v in fields.items():   # explicit None (e.g. max_iters=None) stays None
-        if v is None:
-            out[k] = None
+    out = config_variant(cfg, "adaptseg", **changes)
     _validate(out)
     return out
 

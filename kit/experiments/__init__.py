@@ -1,0 +1,217 @@
+"""The papers' experiments as data: each table or figure the notebooks reproduce, runnable
+outside Jupyter (``kit reproduce ripu/table4 --profile quick``).
+
+An :class:`Experiment` names a paper table (``id`` like ``"ripu/table4"``, the paper and the
+table it reproduces), its *grid* (one cell per row of the table: a name and how to get that
+cell's target mIoU for one seed), the seeds it runs (the profile's ``seeds``), the paper's
+numbers, and its claims as functions over the result table. The result table has one row
+per cell and seed, columns ``cell``, ``seed``, ``miou`` (and whatever else a cell records).
+
+Each claim (:class:`Claim`) maps the table to ``{label: Effect}`` (:func:`kit.results.effect`,
+paired by seed), so its verdict is holds / does not hold / undecided exactly as in the
+notebooks -- which call the same claim functions. :func:`reproduce` runs an experiment and
+writes ``runs/<profile>/reproduce/<paper>/<table>/metrics.json`` in the notebooks' format.
+Models come from the same cache as the notebooks' (:mod:`kit.cache`), so a table a notebook
+has computed is re-read in seconds, with the same numbers.
+
+    >>> from kit import experiments
+    >>> "ripu/table4" in experiments.ids()
+    True
+    >>> experiments.get("ripu/table4").reference
+    'Table 4 (acquisition functions, region-based annotation at 2.2%)'
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..results import Effect, effect
+
+__all__ = ["Cell", "Claim", "Experiment", "register", "get", "ids", "reproduce", "by_cell", "paired",
+           "summary"]
+
+
+_REGISTRY: dict[str, "Experiment"] = {}
+_LOADED = False
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of a paper table: ``run(cfg, seed, data) -> dict`` returns at least ``miou``
+    (target mIoU, %) for one seed; ``cfg`` is the experiment's resolved config, ``data`` what
+    the experiment's ``data(cfg)`` built (shared by every cell and seed)."""
+
+    name: str
+    run: Callable[[Any, int, Any], Mapping[str, Any]]
+    paper: float | None = None   #: the paper's number for this row, when it has one
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper tested on the experiment's table: ``effects(table)`` returns
+    ``{label: Effect}``; the claim holds when every effect's 95% interval lies above zero."""
+
+    id: str
+    text: str
+    paper: str
+    effects: Callable[[Any], Mapping[str, Effect]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper table or figure (see the module docstring)."""
+
+    id: str
+    paper: str
+    reference: str
+    notebook: str
+    method: str
+    cells: tuple[Cell, ...]
+    claims: tuple[Claim, ...] = ()
+    data: Callable[[Any], Any] = field(default=lambda cfg: None)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self, profile: str = "quick", **params: Any):
+        """The experiment's config: ``kit.config.resolve(profile, method, **params)`` (unknown
+        names fail with suggestions, as everywhere)."""
+        from ..config import resolve
+
+        return resolve(profile, self.method, **{**self.overrides, **params})
+
+    def run(self, cfg, seeds: Sequence[int] | None = None, cells: Sequence[str] | None = None,
+            log: Callable[[str], None] | None = None):
+        """The result table (pandas DataFrame: ``cell``, ``seed``, ``miou``, ...) over ``seeds``
+        (default ``cfg.seeds``) and ``cells`` (default all), in the order seed-major."""
+        import pandas as pd
+
+        seeds = list(cfg["seeds"] if seeds is None else seeds)
+        chosen = self.cells if cells is None else tuple(self.cell(c) for c in cells)
+        data = self.data(cfg)
+        rows = []
+        for seed in seeds:
+            for c in chosen:
+                t = time.perf_counter()
+                rec = dict(c.run(cfg, int(seed), data))
+                if "miou" not in rec:
+                    raise ValueError(f"{self.id}: cell {c.name!r} returned no 'miou' (got {sorted(rec)})")
+                rows.append({"cell": c.name, "seed": int(seed), **rec})
+                if log:
+                    log(f"{self.id} | {c.name} | seed {seed}: mIoU {rec['miou']:.2f} "
+                        f"({time.perf_counter() - t:.1f} s)")
+        return pd.DataFrame(rows)
+
+    def cell(self, name: str) -> Cell:
+        for c in self.cells:
+            if c.name == name:
+                return c
+        raise ValueError(f"{self.id} has no cell {name!r}; its cells: {[c.name for c in self.cells]}")
+
+    def claim(self, id: str) -> Claim:
+        for c in self.claims:
+            if c.id == id:
+                return c
+        raise ValueError(f"{self.id} has no claim {id!r}; its claims: {[c.id for c in self.claims]}")
+
+    def summary(self, table):
+        """One row per cell: the paper's number next to our mean ± sd over seeds."""
+        return summary(table, {c.name: c.paper for c in self.cells}, [c.name for c in self.cells])
+
+
+def register(exp: Experiment) -> Experiment:
+    """Add ``exp`` to the registry (an id may be registered once)."""
+    if "/" not in exp.id:
+        raise ValueError(f"experiment ids read '<paper>/<table>', got {exp.id!r}")
+    if exp.id in _REGISTRY and _REGISTRY[exp.id] is not exp:
+        raise ValueError(f"experiment {exp.id!r} is already registered")
+    names = [c.name for c in exp.cells]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{exp.id}: cell names repeat: {names}")
+    _REGISTRY[exp.id] = exp
+    return exp
+
+
+def _load() -> None:
+    global _LOADED
+    if not _LOADED:
+        # every module of this package registers its paper's experiments on import
+        for m in sorted(pkgutil.iter_modules(__path__)):
+            importlib.import_module(f"{__name__}.{m.name}")
+        _LOADED = True
+
+
+def ids() -> list[str]:
+    """Every registered experiment id, sorted."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(id: str) -> Experiment:
+    """The experiment ``id``; an unknown id raises ValueError with the closest ones."""
+    _load()
+    if id not in _REGISTRY:
+        close = difflib.get_close_matches(id, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown experiment {id!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[id]
+
+
+# --- helpers over a result table ------------------------------------------------------------
+
+def by_cell(table, cell: str, value: str = "miou"):
+    """``value`` of one cell per seed (a Series indexed by seed); ValueError if the cell is absent."""
+    sel = table[table["cell"] == cell]
+    if sel.empty:
+        raise ValueError(f"the table has no rows for cell {cell!r}; its cells: {sorted(set(table['cell']))}")
+    return sel.groupby("seed")[value].mean()
+
+
+def paired(table, a: str, b: str, value: str = "miou") -> Effect:
+    """The effect ``a − b`` over the seeds both cells ran, paired by seed."""
+    return effect(by_cell(table, a, value), paired_with=by_cell(table, b, value))
+
+
+def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> list[dict]:
+    """Rows ``cell, paper, here (mean), sd, seeds`` in ``order`` (cells without rows skipped)."""
+    from ..results import mean_sd
+
+    rows = []
+    for name in order:
+        sel = table[table["cell"] == name]
+        if sel.empty:
+            continue
+        m, s = mean_sd(sel["miou"])
+        rows.append({"cell": name, "paper": paper.get(name), "here mIoU": round(m, 2),
+                     "sd": round(s, 2) if len(sel) > 1 else None, "seeds": int(sel["seed"].nunique())})
+    return rows
+
+
+# --- running one outside Jupyter ------------------------------------------------------------
+
+def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None = None,
+              runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print) -> Path:
+    """Run experiment ``id`` at ``profile`` and write its ``metrics.json`` (same schema as a
+    notebook's: the per-seed table, the paper-vs-here summary, each claim with its effects
+    and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path."""
+    from ..cache import runs_root
+    from ..results import Run
+
+    exp = get(id)
+    params = dict(params or {})
+    run_dir = params.pop("run_dir", None) or Path(runs_dir or runs_root()) / profile / "reproduce" / id
+    cfg = exp.config(profile, run_dir=str(run_dir), **params)
+    t0 = time.perf_counter()
+    table = exp.run(cfg, log=log)
+    run = Run(id, cfg)
+    run.t0 = t0
+    run.add("table", table)
+    run.add("paper_vs_here", exp.summary(table))
+    for c in exp.claims:
+        run.claim_effect(c.id, c.text, c.paper, c.effects(table))
+    run.config = {**run.config, "experiment": id, "paper": exp.paper, "reference": exp.reference,
+                  "notebook": exp.notebook}
+    return run.save()
