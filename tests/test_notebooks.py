@@ -64,6 +64,28 @@ def test_smoke_run_writes_metrics(path, tmp_path):
     assert data["results"] and data["claims"]
     for c in data["claims"]:
         assert c["holds"] in (True, False, None)
+    check_reproduce_agrees(path.stem, data, tmp_path / "cache", tmp_path / "reproduce")
+
+
+def check_reproduce_agrees(notebook: str, data: dict, cache: Path, runs: Path) -> None:
+    """`kit reproduce` of the notebook's registered experiments, on the notebook's cache:
+    it trains nothing (same cache keys) and decides each claim with the same effects."""
+    from kit import experiments
+
+    before = sorted(p.name for p in cache.glob("*.pt"))
+    nb_claims = {c["id"]: c for c in data["claims"]}
+    for i in experiments.ids():
+        e = experiments.get(i)
+        if e.notebook != notebook:
+            continue
+        m = load_metrics(experiments.reproduce(i, "smoke", {"cache_dir": str(cache)}, runs_dir=runs, log=None))
+        for c in m["claims"]:
+            mine = nb_claims[c["id"]]
+            assert mine.get("verdict") == c["verdict"], (i, c["id"])
+            assert set(mine["effects"]) == set(c["effects"]), (i, c["id"])
+            for label, eff in c["effects"].items():
+                assert eff["mean"] == pytest.approx(mine["effects"][label]["mean"], abs=1e-9), (i, c["id"], label)
+    assert sorted(p.name for p in cache.glob("*.pt")) == before, "reproduce trained a model the notebook had cached"
 
 
 EXTENDABLE = [p for p in NOTEBOOKS if "EXTENDED" in pm.inspect_notebook(str(p))]

@@ -25,7 +25,8 @@ GAN_MODES = ("vanilla", "lsgan")
 
 
 def gan_loss(d_logits: torch.Tensor, label: float, mode: str = "vanilla") -> torch.Tensor:
-    """GAN loss of a discriminator's output map against a constant domain label.
+    """GAN loss of a discriminator's output map against a constant domain label: the per-term
+    building block of L_d and L_adv [AdaptSegNet: binary cross-entropy or LS-GAN term].
 
     ``d_logits``: [B,1,h,w] discriminator logits (any shape works). ``mode="vanilla"``:
     binary cross-entropy with logits (the paper); ``mode="lsgan"``: squared error of the raw
@@ -50,7 +51,7 @@ def gan_loss(d_logits: torch.Tensor, label: float, mode: str = "vanilla") -> tor
 
 def adv_loss_g(d_target_logits: torch.Tensor, mode: str = "vanilla",
                source_label: float = SOURCE_LABEL) -> torch.Tensor:
-    """The generator's adversarial loss L_adv (paper Eq. 4): D should score target outputs as *source*.
+    """The generator's adversarial loss L_adv [AdaptSegNet Eq. 4]: D should score target outputs as *source*.
 
     ``d_target_logits``: D's output [B,1,h,w] on the target softmax P_t (D frozen, gradients
     flow into the segmentation network only). Minimal (0) when D is perfectly fooled, i.e.
@@ -65,7 +66,7 @@ def adv_loss_g(d_target_logits: torch.Tensor, mode: str = "vanilla",
 
 def adv_loss_d(d_source_logits: torch.Tensor, d_target_logits: torch.Tensor, mode: str = "vanilla",
                source_label: float = SOURCE_LABEL, target_label: float = TARGET_LABEL) -> torch.Tensor:
-    """The discriminator's loss L_d (paper Eq. 2), each domain's term halved.
+    """The discriminator's loss L_d [AdaptSegNet Eq. 2], each domain's term halved.
 
     ``d_source_logits`` / ``d_target_logits``: D's outputs on the *detached* source and target
     softmax outputs (no gradient reaches the segmentation network). Returns

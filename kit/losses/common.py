@@ -38,7 +38,8 @@ def check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = IGN
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
              weight: torch.Tensor | None = None, align_corners: bool = False) -> torch.Tensor:
-    """Pixel-wise cross-entropy, ignoring ``ignore_index``, mean over valid pixels.
+    """Pixel-wise cross-entropy, ignoring ``ignore_index``, mean over valid pixels: L_seg
+    [AdaptSegNet Eq. 3], the supervised term of every method of the kit.
 
     Logits are upsampled to the label size first (as AdaptSegNet and its successors do;
     ``align_corners`` as in :func:`upsample`).

@@ -48,7 +48,8 @@ def normalized_entropy(prob: torch.Tensor, dim: int = 1, eps: float = 1e-12) -> 
 
 
 def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Plain entropy minimization (ADVENT-style), the baseline of DAS3's focal entropic loss:
+    """Plain entropy minimization (ADVENT-style), the baseline of DAS3's focal entropic loss
+    [DAS3: entropy minimization baseline]:
     the mean normalized entropy of the softmax of ``logits`` [B,C,h,w]. Equals
     :func:`focal_entropic_loss` with ``gamma=0``.
 
@@ -64,7 +65,7 @@ FOCAL_GRAD_MODES = ("detached", "through")
 
 
 def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: str = "detached") -> torch.Tensor:
-    """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H`` [DAS3 stage 1].
+    """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H`` [DAS3: focal entropic loss, stage 1].
 
     ``H`` is the normalized entropy of each pixel's softmax; ``logits`` [B,C,h,w] -> scalar.
     ``gamma = 0`` is plain entropy minimization. The *value* is the same in both modes;
@@ -103,7 +104,7 @@ def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: st
 
 
 def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float = 1e-12) -> torch.Tensor:
-    """DAS3's weighted diversity loss: minus the entropy (nats) of the confidence-weighted
+    """DAS3's weighted diversity loss [DAS3: weighted diversity loss, stage 1]: minus the entropy (nats) of the confidence-weighted
     batch-mean prediction.
 
     ``p_bar_c = sum_i w_i p_ic / sum_i w_i`` over every pixel ``i`` of the batch, with
@@ -141,7 +142,7 @@ def negative_labels(prob: torch.Tensor, threshold: float = 0.05) -> torch.Tensor
 
 
 def negative_pseudo_label_loss(logits: torch.Tensor, neg_mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """DAS3's negative learning term: ``-log(1 - p_c)`` averaged over the (pixel, class)
+    """DAS3's negative learning term [DAS3: negative pseudo-label loss, stage 2]: ``-log(1 - p_c)`` averaged over the (pixel, class)
     entries marked negative in ``neg_mask`` (bool [B,C,H,W], e.g. from
     :func:`negative_labels`). Each class is a separate binary decision (multi-label style),
     so the loss pushes the listed classes down without saying which class is right.
@@ -167,7 +168,8 @@ def negative_pseudo_label_loss(logits: torch.Tensor, neg_mask: torch.Tensor, eps
 
 def classwise_thresholds(confidence: torch.Tensor, pred: torch.Tensor, num_classes: int,
                          top_k: float = 0.5) -> torch.Tensor:
-    """Class-wise confidence thresholds for positive pseudo-labels (CBST-style top-K).
+    """Class-wise confidence thresholds for positive pseudo-labels (CBST-style top-K)
+    [DAS3: class-wise thresholds, stage 2].
 
     For each class ``c``, take the confidences (max softmax probability) of the pixels
     *predicted* as ``c`` and set ``thr_c`` to the ``ceil(top_k * n_c)``-th largest: the
@@ -260,7 +262,8 @@ def confident_pixel_share(prob: torch.Tensor, threshold: float = 0.968) -> torch
 
 def pixel_weighted_seg_loss(logits: torch.Tensor, labels: torch.Tensor, pixel_weight: torch.Tensor,
                             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy weighted per pixel: ``sum_i w_i CE_i / #valid`` over the pixels whose
+    """Cross-entropy weighted per pixel [DAS3: weighted pseudo-label loss, ATP stage 3]:
+    ``sum_i w_i CE_i / #valid`` over the pixels whose
     label is not ``ignore_index`` (the DACS / DAFormer weighted pseudo-label loss; with all
     weights 1 it is :func:`kit.losses.seg_loss`). ``logits`` [B,C,h,w] are upsampled to the
     label size; ``labels`` int64 [B,H,W]; ``pixel_weight`` float [B,H,W] (not differentiated).

@@ -50,7 +50,7 @@ def _sigma_tensor(sigma, x: torch.Tensor, scaled: bool) -> torch.Tensor:
 
 def noisy_image(x: torch.Tensor, sigma, eps: torch.Tensor | None = None, scaled: bool = True,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DDeP corruption: ``x~ = sqrt(1 - sigma^2) x + sigma eps`` (``scaled=False``: ``x + sigma eps``).
+    """The DDeP corruption [DDeP: noisy input x~]: ``x~ = sqrt(1 - sigma^2) x + sigma eps`` (``scaled=False``: ``x + sigma eps``).
 
     ``x``: clean images [B,C,H,W] on the paper's scale ([-1, 1], see :func:`to_signed`);
     ``sigma``: one number (fixed sigma) or a tensor [B] (a sigma per example);
@@ -91,7 +91,7 @@ def sample_sigma(n: int, low: float, high: float, generator: torch.Generator | N
 
 
 def denoising_loss(pred: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, target: str = "noise") -> torch.Tensor:
-    """L2 denoising loss, mean over all elements.
+    """L2 denoising loss [DDeP: denoising objective], mean over all elements.
 
     ``pred`` [B,C,H,W] is the network's output; ``target="noise"`` compares it with
     ``eps`` (the paper's objective), ``target="image"`` with the clean image ``x``.

@@ -65,7 +65,7 @@ def ripu_boundary_mask(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
 
 def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor,
                            ignore_index: int = IGNORE_INDEX, variant: str = "official") -> torch.Tensor:
-    """L_cr [RIPU Sec. 3.3]: L1 distance between each pixel's softmax prediction and the mean
+    """L_cr [RIPU: local consistency loss L_cr]: L1 distance between each pixel's softmax prediction and the mean
     prediction of its 3x3 neighbourhood (centre included), summed over classes, averaged over
     the pixels where :func:`ripu_boundary_mask` is true. 0 if there is no such pixel (the
     official code would return NaN).
@@ -104,7 +104,7 @@ def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 def negative_learning_loss(logits: torch.Tensor, tau: float = 0.05, eps: float = 1e-6,
                            size: Sequence[int] | None = None) -> torch.Tensor:
-    """L_nl [RIPU Sec. 3.3] on (unlabelled) target predictions: for every (pixel, class) with
+    """L_nl [RIPU: negative learning loss L_nl] on (unlabelled) target predictions: for every (pixel, class) with
     p < tau, ``-log(1 - p)``, averaged over those entries (0 if there are none). Pushes classes
     the model already rules out further down.
 

@@ -133,7 +133,8 @@ class AdaptSegStep:
 
     # the three parts of the algorithm box, usable on their own (tests, the notebook) ------------
     def segmentation_loss(self, out_s: Mapping[str, torch.Tensor], ys: torch.Tensor) -> torch.Tensor:
-        """L_seg (Eq. 3), plus lambda_seg times the auxiliary head's CE when the network has one (Eq. 5)."""
+        """L_seg [AdaptSegNet Eq. 3], plus lambda_seg times the auxiliary head's CE when the network has one
+        [AdaptSegNet Eq. 5]."""
         loss = losses.seg_loss(out_s["out"], ys)
         if "aux" in out_s:
             loss = loss + self.lambda_seg * losses.seg_loss(out_s["aux"], ys)
@@ -141,12 +142,12 @@ class AdaptSegStep:
 
     def adversarial_losses(self, out_t: Mapping[str, torch.Tensor], discs: Mapping[str, nn.Module], size
                            ) -> dict[str, torch.Tensor]:
-        """Unweighted L_adv^i (Eq. 4) per key: the frozen D_i should call target outputs source."""
+        """Unweighted L_adv^i [AdaptSegNet Eq. 4] per key: the frozen D_i should call target outputs source."""
         return {k: losses.adv_loss_g(discs[k](d_input(out_t, k, size, self.feature_upsample)), self.gan)
                 for k in self.keys}
 
     def discriminator_losses(self, out_s, out_t, discs, size_s, size_t) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The two halves of L_d (Eq. 2) per key, on detached outputs: (1/2 source term, 1/2 target term)."""
+        """The two halves of L_d [AdaptSegNet Eq. 2] per key, on detached outputs: (1/2 source term, 1/2 target term)."""
         res = {}
         for k in self.keys:
             ps = d_input({k: out_s[k].detach()}, k, size_s, self.feature_upsample)

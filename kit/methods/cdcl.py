@@ -133,7 +133,7 @@ class LabelRemap:
 
 def label_remap_loss(logits: torch.Tensor, labels: torch.Tensor, membership: torch.Tensor,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy of a union-space prediction against one dataset's labels.
+    """Cross-entropy of a union-space prediction against one dataset's labels [CDCL: label remapping loss].
 
     Shapes: ``logits`` [B,K_union,h,w] (upsampled to the label size here), ``labels``
     [B,H,W] in dataset space (``ignore_index`` ignored), ``membership`` [K_d,K_union]
@@ -188,7 +188,8 @@ class Route:
 
 
 class DATStep:
-    """One DAT iteration (the step function of :class:`kit.engine.Engine`).
+    """One DAT iteration [CDCL: dataset alternation training] (the step function of
+    :class:`kit.engine.Engine`).
 
     ``mode="sum"`` (the paper): ``L = sum_i w_i L_i`` over the datasets active this
     iteration, one ``backward`` and one ``step``. ``mode="alternate"``: one optimizer step

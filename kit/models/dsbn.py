@@ -1,4 +1,5 @@
-"""Dataset-specific BatchNorm for CDCL's Dataset-Aware Blocks (Wang et al., 2021, Fig. 2).
+"""Dataset-specific BatchNorm for CDCL's Dataset-Aware Blocks (Wang et al., 2021, Fig. 2)
+[CDCL: dataset-aware block].
 
 A Dataset-Aware Block is conv -> BN of the current dataset -> ReLU: the convolution
 is shared by all datasets, each dataset has its own normalization statistics and its
