@@ -109,3 +109,33 @@ def test_ripu_table4_c1_on_synthetic_tables(ripu_vals, verdict):
     assert set(effects) == {"RI×PU − impurity", "RI×PU − uncertainty", "RI×PU − random"}
     assert all(e.paired and e.n == 3 for e in effects.values())
     assert all_hold(effects.values()) == verdict
+
+
+@pytest.mark.parametrize("so, verdict", [([20, 22, 21], "holds"), ([50, 52, 51], "does not hold"),
+                                         ([30, 40, 34], "undecided")])
+def test_intro_baselines_c1(so, verdict):
+    t = table({"source-only": so, "target oracle": [60, 60, 60], "source-only (source val)": [70, 71, 69]})
+    effects = experiments.get("intro/baselines").claim("C1").effects(t)
+    (e,) = effects.values()
+    assert e.paired and e.verdict == verdict
+    assert e.mean == pytest.approx(36 - sum(so) / 3)
+
+
+def test_intro_baselines_c2_and_a_dataset_without_source_val(tmp_path, monkeypatch):
+    exp = experiments.get("intro/baselines")
+    t = table({"source-only": [20, 22, 21], "target oracle": [60, 60, 60], "source-only (source val)": [70, 71, 69]})
+    (e,) = exp.claim("C2").effects(t).values()
+    assert e.mean == pytest.approx(70 - 15 - 21) and e.verdict == "holds"
+    nan = table({"source-only": [20.0], "target oracle": [60.0], "source-only (source val)": [float("nan")]})
+    with pytest.raises(ValueError, match="no source val split"):
+        exp.claim("C2").effects(nan)
+    # reproduce records such a claim as not run, with the reason, instead of failing
+    from kit.results import load_metrics
+
+    cells = tuple(Cell(c.name, lambda cfg, seed, data, n=c.name: {"miou": float(nan[nan.cell == n].miou.iloc[0])})
+                  for c in exp.cells)
+    fake = Experiment("test/nosrc", exp.paper, exp.reference, exp.notebook, exp.method, cells, exp.claims)
+    monkeypatch.setitem(experiments._REGISTRY, fake.id, fake)
+    m = load_metrics(experiments.reproduce(fake.id, "smoke", {"seeds": [0]}, runs_dir=tmp_path, log=None))
+    c2 = next(c for c in m["claims"] if c["id"] == "C2")
+    assert c2["holds"] is None and c2.get("not_run") and "no source val split" in c2["here"]

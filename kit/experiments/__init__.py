@@ -211,7 +211,12 @@ def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None 
     run.add("table", table)
     run.add("paper_vs_here", exp.summary(table))
     for c in exp.claims:
-        run.claim_effect(c.id, c.text, c.paper, c.effects(table))
+        try:
+            effects = c.effects(table)
+        except ValueError as e:   # a claim this data cannot test (e.g. no source val split)
+            run.skip(c.id, c.text, c.paper, f"not testable here: {e}")
+            continue
+        run.claim_effect(c.id, c.text, c.paper, effects)
     run.config = {**run.config, "experiment": id, "paper": exp.paper, "reference": exp.reference,
                   "notebook": exp.notebook}
     return run.save()
