@@ -466,6 +466,11 @@ def _cmd_reproduce(args) -> int:
         print(f"[kit] {i}: {time.perf_counter() - t0:.0f} s -> {path}")
         for c in m["claims"]:
             print(f"  {c['id']}: {c.get('verdict')} -- {c['here']}")
+    if args.page:
+        from .report import write_results_page
+
+        out = write_results_page(profile, Path("docs") / f"results-{profile}.md", args.runs or runs_root())
+        print(f"[kit] wrote {out}")
     return 0
 
 
@@ -543,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config field of the experiment's method, e.g. -p SEEDS=[0,1]")
     p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
+    p.add_argument("--page", action="store_true", help="then write the results page docs/results-<profile>.md "
+                   "(the notebooks' runs and these experiments)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("params", help="the parameters a notebook declares, with defaults and types")

@@ -139,3 +139,20 @@ def test_intro_baselines_c2_and_a_dataset_without_source_val(tmp_path, monkeypat
     m = load_metrics(experiments.reproduce(fake.id, "smoke", {"seeds": [0]}, runs_dir=tmp_path, log=None))
     c2 = next(c for c in m["claims"] if c["id"] == "C2")
     assert c2["holds"] is None and c2.get("not_run") and "no source val split" in c2["here"]
+
+
+def test_results_page_lists_the_reproduced_experiments(tmp_path, monkeypatch):
+    from kit.report import results_page
+
+    vals = {"a": [5.0, 6.0, 7.0], "b": [1.0, 1.2, 0.9]}
+    cells = tuple(Cell(c, lambda cfg, seed, data, c=c: {"miou": vals[c][seed]}, paper=2.5) for c in vals)
+    e = Experiment("test/page", "Paper X", "Table 7", "00_x", "intro", cells,
+                   claims=(Claim("C1", "a beats b", "Table 7", lambda t: {"a − b": paired(t, "a", "b")}),))
+    monkeypatch.setitem(experiments._REGISTRY, e.id, e)
+    experiments.reproduce(e.id, "full", {"seeds": [0, 1, 2]}, runs_dir=tmp_path, log=None)
+    page = results_page("full", tmp_path)
+    assert "## Experiments run by `kit reproduce`" in page
+    assert "### `test/page` · Paper X: Table 7" in page
+    assert "| C1 | a beats b | a − b: +5.0" in page and "| holds |" in page
+    assert "| a | 2.5 | 6 | 1 | 3 |" in page
+    assert "| holds | 0 |" in page   # the notebooks' tally does not count the registry's claims twice
