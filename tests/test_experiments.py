@@ -156,3 +156,9 @@ def test_results_page_lists_the_reproduced_experiments(tmp_path, monkeypatch):
     assert "| C1 | a beats b | a − b: +5.0" in page and "| holds |" in page
     assert "| a | 2.5 | 6 | 1 | 3 |" in page
     assert "| holds | 0 |" in page   # the notebooks' tally does not count the registry's claims twice
+
+
+def test_summary_leaves_out_the_seeds_a_cell_did_not_run():
+    t = table({"a": [3.0, float("nan"), 5.0], "b": [float("nan")] * 3})
+    rows = summary(t, {}, ["a", "b"])
+    assert rows == [{"cell": "a", "paper": None, "here mIoU": 4.0, "sd": 1.41, "seeds": 2}]

@@ -176,10 +176,12 @@ def paired(table, a: str, b: str, value: str = "miou") -> Effect:
 
 
 def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> list[dict]:
-    """Rows ``cell, paper, here (mean), sd, seeds`` in ``order`` (cells without rows skipped)."""
+    """Rows ``cell, paper, here (mean), sd, seeds`` in ``order``; a NaN mIoU (a seed a cell does
+    not run, e.g. a control run on the sweep seeds only) is left out, and so is a cell without rows."""
     from ..results import mean_sd
 
     rows = []
+    table = table.dropna(subset=["miou"])
     for name in order:
         sel = table[table["cell"] == name]
         if sel.empty:
