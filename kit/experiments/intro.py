@@ -1,6 +1,6 @@
 """The baselines every paper is measured against (``notebooks/00_introduction.ipynb``): the
 source-only model and the target oracle of the toy world (or of GTA5 -> Cityscapes at the
-paper profile), AdaptSegNet's Table 1 first and last rows."""
+paper profile): the first and last rows of AdaptSegNet's GTA5 -> Cityscapes table."""
 from __future__ import annotations
 
 from ..results import effect
@@ -50,7 +50,7 @@ C2 = Claim("C2", "The gap is a domain shift, not a capacity limit: the source mo
 
 BASELINES = register(Experiment(
     id="intro/baselines", paper=PAPER, notebook="00_introduction", method="intro",
-    reference="Table 1, source-only and target oracle rows (GTA5 -> Cityscapes)",
+    reference="AdaptSegNet's GTA5 -> Cityscapes table: the source-only and target oracle rows",
     cells=(baseline("source_only", "source-only", "target", 36.6),
            baseline("oracle", "target oracle", "target", 65.1),
            baseline("source_only", "source-only (source val)", "source", None)),
