@@ -21,7 +21,7 @@ import torch.nn as nn
 from kit import losses
 from kit.config import resolve
 from kit.data import ToyWorld
-from kit.methods import das3
+from kit.methods import das3, das3_atp
 from kit.methods.supervised import build_model
 
 
@@ -271,7 +271,7 @@ def test_stage3_atp_runs_with_an_ema_teacher(tiny):
 
 def test_stage3_atp_first_step_teacher_is_the_stage2_model(tiny):
     cfg, model, target = tiny
-    res = das3.stage3_atp(model, target, dict(cfg, stage3_iters=1), seed=0)
+    res = das3_atp.stage3_atp(model, target, dict(cfg, stage3_iters=1), seed=0)
     for (k, v), p in zip(model.named_parameters(), res.teacher.parameters()):
         assert torch.equal(v, p.cpu()), k
 
@@ -293,13 +293,13 @@ def test_stage3_variant_fields_and_keys(tiny):
 
 def test_atp_optimizer_at_paper_scale(tiny):
     cfg, model, _ = tiny
-    opt = das3._atp_optimizer(dict(cfg, atp_optimizer="adamw", atp_lr=6e-5, head_lr_mult=10.0), model)
+    opt = das3_atp._atp_optimizer(dict(cfg, atp_optimizer="adamw", atp_lr=6e-5, head_lr_mult=10.0), model)
     assert isinstance(opt, torch.optim.AdamW)
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs[0] == pytest.approx(6e-5) and lrs[-1] == pytest.approx(6e-4)
     assert all(g["weight_decay"] == pytest.approx(0.01) for g in opt.param_groups)
     # default: the config's optimizer at stage3_lr
-    opt = das3._atp_optimizer(cfg, model)
+    opt = das3_atp._atp_optimizer(cfg, model)
     assert type(opt).__name__.lower() == cfg["optimizer"] and min(g["lr"] for g in opt.param_groups) == pytest.approx(cfg["stage3_lr"])
 
 

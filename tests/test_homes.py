@@ -67,3 +67,13 @@ def test_bdd100k_and_camvid_readers_equal_the_folder_reader_cdcl_built(tmp_path)
         for k in range(len(new)):
             assert all(torch.equal(a, b) for a, b in zip(new[k], old[k]))
     assert int(bdd[0][1][0, 0]) == 13 and cam[0][1][0].tolist() == [255] * 4 + [5] * 8
+
+
+def test_das3_generic_pieces_have_their_homes():
+    from kit.data import transforms
+    from kit.methods import das3_atp
+    from kit.models import utils
+
+    assert das3.strong_augment is transforms.strong_augment
+    assert das3.ema_update is utils.ema_update and das3.ema_alpha_at is utils.ema_alpha_at
+    assert das3.stage3_atp is das3_atp.stage3_atp and das3.atp_pseudo_labels is das3_atp.atp_pseudo_labels

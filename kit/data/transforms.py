@@ -22,6 +22,7 @@ with ``num_workers > 0`` leave ``generator=None`` and seed through the DataLoade
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,7 +34,7 @@ from .labels import IGNORE_INDEX
 __all__ = [
     "Compose", "Resize", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
     "ColorJitter", "check_pair", "image_to_tensor", "label_to_tensor", "to_tensor_pair",
-    "resize_pair",
+    "resize_pair", "strong_augment",
 ]
 
 
@@ -263,3 +264,64 @@ class ColorJitter:
     def __repr__(self):
         return (f"ColorJitter(brightness={self.brightness}, contrast={self.contrast}, "
                 f"saturation={self.saturation})")
+
+
+def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def strong_augment(images: torch.Tensor, generator: torch.Generator | None = None, jitter: float = 0.2,
+                   jitter_prob: float = 0.8, blur_prob: float = 0.5) -> torch.Tensor:
+    """DACS-style strong photometric augmentation of a batch ``[B,3,H,W]`` in [0, 1] (labels
+    untouched: nothing moves).
+
+    One draw per call decides whether the batch is colour-jittered (probability
+    ``jitter_prob``) and one whether it is blurred (``blur_prob``), as in the authors'
+    code. Jitter factors are drawn per image: brightness, contrast and saturation in
+    ``[1 - jitter, 1 + jitter]``, hue rotated by up to ``jitter`` of a turn (a rotation
+    about the gray axis in YIQ space). Blur: a Gaussian with ``sigma ~ U(0.15, 1.15)``
+    and a kernel about a tenth of each side (odd), reflect-padded.
+
+    >>> x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> y = strong_augment(x, torch.Generator().manual_seed(1), jitter_prob=1.0, blur_prob=1.0)
+    >>> tuple(y.shape), bool(y.min() >= 0) and bool(y.max() <= 1), bool((y - x).abs().max() > 0)
+    ((2, 3, 16, 16), True, True)
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"strong_augment expects images [B,3,H,W], got shape {tuple(images.shape)}")
+    for name, v in (("jitter", jitter), ("jitter_prob", jitter_prob), ("blur_prob", blur_prob)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"strong_augment: {name} must be in [0, 1], got {v}")
+    g = generator
+    out = images.float()
+    b = out.shape[0]
+    u = torch.rand(2, generator=g)
+    if jitter > 0 and u[0] < jitter_prob:
+        f = (1.0 + jitter * (2.0 * torch.rand(b, 3, generator=g) - 1.0)).to(out.device)   # brightness, contrast, sat.
+        hue = (2.0 * math.pi * jitter * (2.0 * torch.rand(b, generator=g) - 1.0)).to(out.device)
+        lum = torch.tensor([0.299, 0.587, 0.114], device=out.device).view(1, 3, 1, 1)
+        out = (out * f[:, 0].view(b, 1, 1, 1)).clamp(0, 1)
+        gray_mean = (out * lum).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        out = (f[:, 1].view(b, 1, 1, 1) * out + (1 - f[:, 1].view(b, 1, 1, 1)) * gray_mean).clamp(0, 1)
+        gray = (out * lum).sum(1, keepdim=True)
+        out = (f[:, 2].view(b, 1, 1, 1) * out + (1 - f[:, 2].view(b, 1, 1, 1)) * gray).clamp(0, 1)
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              device=out.device)
+        yiq = torch.einsum("ij,bjhw->bihw", to_yiq, out)
+        c, s_ = torch.cos(hue).view(b, 1, 1), torch.sin(hue).view(b, 1, 1)
+        i, q = yiq[:, 1], yiq[:, 2]
+        yiq = torch.stack([yiq[:, 0], c * i - s_ * q, s_ * i + c * q], 1)
+        out = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+    if u[1] < blur_prob:
+        sigma = 0.15 + float(torch.rand(1, generator=g))
+        h, w = out.shape[-2:]
+        kh, kw = (max(3, 2 * (math.ceil(0.1 * n) // 2) + 1) for n in (h, w))
+        ky = _gaussian_kernel(sigma, kh).to(out.device).view(1, 1, kh, 1).expand(3, 1, kh, 1)
+        kx = _gaussian_kernel(sigma, kw).to(out.device).view(1, 1, 1, kw).expand(3, 1, 1, kw)
+        out = F.pad(out, (0, 0, kh // 2, kh // 2), mode="reflect" if h > kh // 2 else "replicate")
+        out = F.conv2d(out, ky, groups=3)
+        out = F.pad(out, (kw // 2, kw // 2, 0, 0), mode="reflect" if w > kw // 2 else "replicate")
+        out = F.conv2d(out, kx, groups=3)
+    return out.to(images.dtype)

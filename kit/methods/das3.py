@@ -23,7 +23,7 @@ modified), so they compose in any order or alone:
    (ClassMix, :func:`kit.data.mixing.class_mix`), so labels of easy images propagate into hard ones. Two
    variants (config ``stage3``): ``"kit"`` (default, :func:`stage3_kit`) -- a frozen copy
    of the stage-2 model labels both with the thresholded rule of stage 2; ``"atp"``
-   (:func:`stage3_atp`) -- as the authors' later code: an EMA teacher, plain argmax
+   (:func:`kit.methods.das3_atp.stage3_atp`, its own module) -- as the authors' later code: an EMA teacher, plain argmax
    labels, DACS-style weights on the hard pixels and strong augmentation.
 
 :func:`adapt` chains the three; :func:`load_or_run_stage` caches each stage's model
@@ -47,13 +47,15 @@ from .. import losses
 from ..cache import data_identity, load_or_train, model_key
 from ..data.labels import IGNORE_INDEX
 from ..data.mixing import class_mix, class_mix_batch  # noqa: F401  (re-exported: their old home)
+from ..data.transforms import strong_augment  # noqa: F401  (re-exported: its old home)
 from ..data.wrappers import Unlabeled  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, autocast, evaluate, make_optimizer, resolve_device
+from ..models.utils import ema_alpha_at, ema_update  # noqa: F401  (re-exported: their old home)
 from .supervised import build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
            "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate",
-           "stage3_kit", "stage3_atp", "ema_alpha_at", "ema_update", "strong_augment", "atp_pseudo_labels", "adapt",
+           "stage3_kit", "adapt",
            "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
 
 # Defaults and sections of every field: kit.methods.defaults (METHODS["das3"]).
@@ -334,12 +336,14 @@ def stage2_self_train(model: nn.Module, target: Dataset, cfg: Mapping[str, Any],
 def stage3_propagate(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int = 0) -> StageResult:
     """Stage 3, information propagation (target images only), in the variant ``cfg["stage3"]``:
     ``"kit"`` (default, :func:`stage3_kit`) or ``"atp"`` (the authors' later code,
-    :func:`stage3_atp`). Both rank the target images by the stage-2 model's mean normalized
+    :func:`kit.methods.das3_atp.stage3_atp`). Both rank the target images by the stage-2 model's mean normalized
     entropy and take the ``easy_ratio`` lowest as easy."""
     variant = cfg.get("stage3", "kit")
     if variant == "kit":
         return stage3_kit(model, target, cfg, seed)
     if variant == "atp":
+        from .das3_atp import stage3_atp
+
         return stage3_atp(model, target, cfg, seed)
     raise ValueError(f"stage3 must be one of {STAGE3_VARIANTS}, got {variant!r}")
 
@@ -399,225 +403,6 @@ def stage3_kit(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
     history = eng.run()
     info = {"variant": "kit", "thresholds": thr.cpu().tolist(), "easy": easy, "hard": hard, "entropy": scan.entropy.tolist(),
             "items": scan.items.tolist()}
-    return StageResult(student, history, info, teacher)
-
-
-# ----------------------------------------------------------------------------------
-# Stage 3 as in the authors' later code (ATP): EMA teacher, DACS-style mixing
-# ----------------------------------------------------------------------------------
-def ema_alpha_at(it: int, alpha: float = 0.999) -> float:
-    """The EMA rate at iteration ``it`` (0-based): ``min(1 - 1/(it + 1), alpha)``.
-
-    0 at the first iteration (the teacher *is* the student), then a ramp ``1 - 1/(t+1)``
-    (the teacher is the running mean of the student's iterates) until it reaches
-    ``alpha`` (at ``t = 1/(1 - alpha) - 1``: 999 for 0.999).
-
-    >>> [round(ema_alpha_at(t), 3) for t in (0, 1, 3, 5000)]
-    [0.0, 0.5, 0.75, 0.999]
-    """
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"the EMA rate alpha must be in [0, 1), got {alpha}")
-    if it < 0:
-        raise ValueError(f"iteration must be >= 0, got {it}")
-    return min(1.0 - 1.0 / (it + 1), float(alpha))
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, it: int, alpha: float = 0.999) -> float:
-    """Move the teacher towards the student: ``theta_T <- a theta_T + (1 - a) theta_S`` with
-    ``a = ema_alpha_at(it, alpha)`` (mean-teacher / DACS rule); returns ``a``.
-
-    Every parameter follows the rule; so do floating-point buffers (BatchNorm running
-    statistics: the kit's teacher predicts in eval mode, so it needs statistics that track
-    the student's); integer buffers (``num_batches_tracked``) are copied. The two modules
-    must have the same architecture.
-    """
-    a = ema_alpha_at(it, alpha)
-    tp, sp = dict(teacher.named_parameters()), dict(student.named_parameters())
-    tb, sb = dict(teacher.named_buffers()), dict(student.named_buffers())
-    if tp.keys() != sp.keys() or tb.keys() != sb.keys():
-        raise ValueError("ema_update: teacher and student have different parameters or buffers")
-    for name, t in list(tp.items()) + list(tb.items()):
-        s = sp[name] if name in sp else sb[name]
-        if t.is_floating_point():
-            t.mul_(a).add_(s.detach().to(t.dtype), alpha=1.0 - a)
-        else:
-            t.copy_(s)
-    return a
-
-
-def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def strong_augment(images: torch.Tensor, generator: torch.Generator | None = None, jitter: float = 0.2,
-                   jitter_prob: float = 0.8, blur_prob: float = 0.5) -> torch.Tensor:
-    """DACS-style strong photometric augmentation of a batch ``[B,3,H,W]`` in [0, 1] (labels
-    untouched: nothing moves).
-
-    One draw per call decides whether the batch is colour-jittered (probability
-    ``jitter_prob``) and one whether it is blurred (``blur_prob``), as in the authors'
-    code. Jitter factors are drawn per image: brightness, contrast and saturation in
-    ``[1 - jitter, 1 + jitter]``, hue rotated by up to ``jitter`` of a turn (a rotation
-    about the gray axis in YIQ space). Blur: a Gaussian with ``sigma ~ U(0.15, 1.15)``
-    and a kernel about a tenth of each side (odd), reflect-padded.
-
-    >>> x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    >>> y = strong_augment(x, torch.Generator().manual_seed(1), jitter_prob=1.0, blur_prob=1.0)
-    >>> tuple(y.shape), bool(y.min() >= 0) and bool(y.max() <= 1), bool((y - x).abs().max() > 0)
-    ((2, 3, 16, 16), True, True)
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"strong_augment expects images [B,3,H,W], got shape {tuple(images.shape)}")
-    for name, v in (("jitter", jitter), ("jitter_prob", jitter_prob), ("blur_prob", blur_prob)):
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"strong_augment: {name} must be in [0, 1], got {v}")
-    g = generator
-    out = images.float()
-    b = out.shape[0]
-    u = torch.rand(2, generator=g)
-    if jitter > 0 and u[0] < jitter_prob:
-        f = (1.0 + jitter * (2.0 * torch.rand(b, 3, generator=g) - 1.0)).to(out.device)   # brightness, contrast, sat.
-        hue = (2.0 * math.pi * jitter * (2.0 * torch.rand(b, generator=g) - 1.0)).to(out.device)
-        lum = torch.tensor([0.299, 0.587, 0.114], device=out.device).view(1, 3, 1, 1)
-        out = (out * f[:, 0].view(b, 1, 1, 1)).clamp(0, 1)
-        gray_mean = (out * lum).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        out = (f[:, 1].view(b, 1, 1, 1) * out + (1 - f[:, 1].view(b, 1, 1, 1)) * gray_mean).clamp(0, 1)
-        gray = (out * lum).sum(1, keepdim=True)
-        out = (f[:, 2].view(b, 1, 1, 1) * out + (1 - f[:, 2].view(b, 1, 1, 1)) * gray).clamp(0, 1)
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                              device=out.device)
-        yiq = torch.einsum("ij,bjhw->bihw", to_yiq, out)
-        c, s_ = torch.cos(hue).view(b, 1, 1), torch.sin(hue).view(b, 1, 1)
-        i, q = yiq[:, 1], yiq[:, 2]
-        yiq = torch.stack([yiq[:, 0], c * i - s_ * q, s_ * i + c * q], 1)
-        out = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
-    if u[1] < blur_prob:
-        sigma = 0.15 + float(torch.rand(1, generator=g))
-        h, w = out.shape[-2:]
-        kh, kw = (max(3, 2 * (math.ceil(0.1 * n) // 2) + 1) for n in (h, w))
-        ky = _gaussian_kernel(sigma, kh).to(out.device).view(1, 1, kh, 1).expand(3, 1, kh, 1)
-        kx = _gaussian_kernel(sigma, kw).to(out.device).view(1, 1, 1, kw).expand(3, 1, 1, kw)
-        out = F.pad(out, (0, 0, kh // 2, kh // 2), mode="reflect" if h > kh // 2 else "replicate")
-        out = F.conv2d(out, ky, groups=3)
-        out = F.pad(out, (kw // 2, kw // 2, 0, 0), mode="reflect" if w > kw // 2 else "replicate")
-        out = F.conv2d(out, kx, groups=3)
-    return out.to(images.dtype)
-
-
-def atp_pseudo_labels(q_easy: torch.Tensor, q_hard: torch.Tensor, mix_mask: torch.Tensor,
-                      conf_threshold: float = 0.968) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The targets of one step of the ATP stage 3, from the teacher's probabilities.
-
-    * easy images: the teacher's plain ``argmax`` (no threshold: every pixel labelled);
-    * mixed images: the easy image's label where ``mix_mask`` is true (its pasted classes),
-      the hard image's argmax elsewhere;
-    * pixel weights of the mixed images: 1 on the pasted (easy) pixels, and on the hard
-      pixels the DACS weight: the share of *all* hard pixels of the batch whose teacher
-      confidence reaches ``conf_threshold`` (:func:`kit.losses.confident_pixel_share`).
-
-    ``q_easy``, ``q_hard`` [B,C,H,W]; ``mix_mask`` bool [B,H,W]. Returns
-    ``(y_easy [B,H,W], y_mix [B,H,W], w_mix [B,H,W])``.
-    """
-    if q_easy.shape != q_hard.shape or q_easy.dim() != 4:
-        raise ValueError(f"q_easy and q_hard must be probabilities of one shape [B,C,H,W], got "
-                         f"{tuple(q_easy.shape)} and {tuple(q_hard.shape)}")
-    if mix_mask.dtype != torch.bool or mix_mask.shape != q_easy.shape[:1] + q_easy.shape[2:]:
-        raise ValueError(f"mix_mask must be bool [B,H,W] = {tuple(q_easy.shape[:1] + q_easy.shape[2:])}, got "
-                         f"{mix_mask.dtype} {tuple(mix_mask.shape)}")
-    y_easy, y_hard = q_easy.argmax(1), q_hard.argmax(1)
-    w_hard = losses.confident_pixel_share(q_hard, conf_threshold)
-    y_mix = torch.where(mix_mask, y_easy, y_hard)
-    w_mix = torch.where(mix_mask, torch.ones_like(mix_mask, dtype=torch.float32), w_hard.float())
-    return y_easy, y_mix, w_mix
-
-
-def _atp_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    kind = cfg["atp_optimizer"] or cfg["optimizer"]
-    lr = float(cfg["atp_lr"] if cfg["atp_lr"] is not None else cfg["stage3_lr"])
-    if kind == "sgd":
-        wd = cfg["weight_decay"]
-    elif kind == "adamw":
-        wd = float(cfg["atp_weight_decay"])
-    else:
-        wd = 0.0
-    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-    for g in groups:
-        if g.get("name") == "head":
-            g["lr_mult"] = cfg["head_lr_mult"]
-    return make_optimizer(kind, groups, lr, cfg["momentum"], wd)
-
-
-def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int = 0) -> StageResult:
-    """Stage 3 as the authors' later code does it (``stage3="atp"``; ATP, ``atp_semi.py``).
-
-    Split as in :func:`stage3_kit` (the stage-2 model's mean normalized entropy, the
-    ``easy_ratio`` lowest easy). Then, each iteration ``t``:
-
-    1. the teacher is the EMA of the student, updated first (:func:`ema_update`,
-       ``a = min(1 - 1/(t+1), ema_alpha)``; at ``t = 0`` it is the stage-2 model);
-    2. it labels half a batch of easy and of hard images by plain argmax
-       (:func:`atp_pseudo_labels`); the hard pixels get the DACS weight, the share of hard
-       pixels with teacher confidence >= ``atp_conf_threshold``;
-    3. ClassMix: half of each easy image's (argmax) classes are pasted onto a hard image;
-    4. the easy images and the mixed ones get strong colour jitter and blur
-       (:func:`strong_augment`);
-    5. the student minimizes ``CE(easy) + mix_weight * sum_i w_i CE_i(mixed) / N``.
-
-    Optimizer: ``atp_optimizer`` / ``atp_lr`` (the authors: AdamW 6e-5, heads 10x, weight
-    decay 0.01; the paper profile sets these), else the config's optimizer at
-    ``stage3_lr``. Left out of the official recipe: its contrastive term on hard images
-    (SePiCo's, not part of DAS3), its crop of the pseudo-labels' top 15 / bottom 120 rows
-    (the Cityscapes ego-vehicle), and its double augmentation (it jitters the easy and hard
-    images before mixing and the mix again; here the mix of the un-augmented images is
-    augmented once, as in DACS). The returned model is the student (the official
-    evaluation uses the student too); ``teacher`` is the final EMA teacher.
-    """
-    _num_classes(model)  # a segmenter with num_classes, or a clear error
-    device = resolve_device(cfg["device"])
-    teacher = _to(make_teacher(model), device, cfg)
-    scan, easy, hard, half = _stage3_split(teacher, target, cfg, seed)      # the stage-2 model ranks the images
-    student = copy.deepcopy(model)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    w_mix, alpha, thr = float(cfg["mix_weight"]), float(cfg["ema_alpha"]), float(cfg["atp_conf_threshold"])
-    jit, p_jit, p_blur = float(cfg["atp_jitter"]), float(cfg["atp_jitter_prob"]), float(cfg["atp_blur_prob"])
-    ema_alpha_at(0, alpha)                                   # validates alpha before training starts
-    gen = torch.Generator().manual_seed(seed * 7 + 3)
-    data = Unlabeled(target)
-    ema_log: list[float] = []
-
-    def step(batch, engine):
-        net, opt = engine.modules["model"], engine.optimizers["model"]
-        a = ema_update(teacher, engine.raw_modules["model"], engine.it, alpha)   # 1. teacher <- EMA(student)
-        ema_log.append(a)
-        xe, _ = batch["easy"]
-        xh, _ = batch["hard"]
-        q = _probs(teacher, torch.cat([xe, xh]), xe.shape[-2:], engine.amp)     # teacher, eval mode, no gradient
-        n = xe.shape[0]
-        ye = q[:n].argmax(1)
-        _, _, mask = class_mix_batch(xe, ye, ye, xh, q[n:].argmax(1), generator=gen)   # 3. classes of easy images
-        y_easy, y_mix, w = atp_pseudo_labels(q[:n], q[n:], mask, thr)            # 2. argmax labels, DACS weight
-        xm, _ = class_mix(xe, y_easy, xh, y_mix, mask)
-        xs = strong_augment(torch.cat([xe, xm]), gen, jit, p_jit, p_blur)       # 4. jitter + blur
-        opt.zero_grad(set_to_none=True)
-        with engine.autocast():
-            logits = net(xs)["out"]
-        l_easy = losses.seg_loss(logits[:n], y_easy)                             # 5.
-        l_mix = losses.pixel_weighted_seg_loss(logits[n:], y_mix, w)
-        loss = l_easy + w_mix * l_mix
-        loss.backward()
-        opt.step()
-        return {"easy": l_easy.detach(), "mix": l_mix.detach(), "hard_weight": w[~mask].mean() if bool((~mask).any())
-                else torch.tensor(1.0)}
-
-    eng = _engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
-                  "DAS3 stage 3 (propagation, ATP)", batch_size=half, opt=_atp_optimizer(cfg, student))
-    history = eng.run()
-    info = {"variant": "atp", "easy": easy, "hard": hard, "entropy": scan.entropy.tolist(),
-            "items": scan.items.tolist(), "ema_alpha_last": ema_log[-1] if ema_log else None}
     return StageResult(student, history, info, teacher)
 
 
@@ -763,3 +548,12 @@ def train(cfg: Mapping[str, Any]) -> Path | None:
                         {"method": "das3", "seed": seed, "config": dict(cfg), "stages": history})
     distributed.barrier()
     return path if distributed.is_main() else None
+
+
+def __getattr__(name: str):
+    """``stage3_atp`` and ``atp_pseudo_labels`` live in :mod:`kit.methods.das3_atp` (imported on use)."""
+    if name in ("stage3_atp", "atp_pseudo_labels"):
+        from . import das3_atp
+
+        return getattr(das3_atp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "upsample_like", "InputNorm", "check_image", "param_groups_from",
-    "count_parameters", "count_flops", "freeze", "unfreeze", "INPUT_NORMS",
+    "count_parameters", "count_flops", "freeze", "unfreeze", "INPUT_NORMS", "ema_alpha_at", "ema_update",
 ]
 
 # name -> (mean, std, scale, to_bgr); the image is first multiplied by `scale`.
@@ -201,3 +201,44 @@ def unfreeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(True)
     return module
+
+
+def ema_alpha_at(it: int, alpha: float = 0.999) -> float:
+    """The EMA rate at iteration ``it`` (0-based): ``min(1 - 1/(it + 1), alpha)``.
+
+    0 at the first iteration (the teacher *is* the student), then a ramp ``1 - 1/(t+1)``
+    (the teacher is the running mean of the student's iterates) until it reaches
+    ``alpha`` (at ``t = 1/(1 - alpha) - 1``: 999 for 0.999).
+
+    >>> [round(ema_alpha_at(t), 3) for t in (0, 1, 3, 5000)]
+    [0.0, 0.5, 0.75, 0.999]
+    """
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"the EMA rate alpha must be in [0, 1), got {alpha}")
+    if it < 0:
+        raise ValueError(f"iteration must be >= 0, got {it}")
+    return min(1.0 - 1.0 / (it + 1), float(alpha))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, it: int, alpha: float = 0.999) -> float:
+    """Move the teacher towards the student: ``theta_T <- a theta_T + (1 - a) theta_S`` with
+    ``a = ema_alpha_at(it, alpha)`` (mean-teacher / DACS rule); returns ``a``.
+
+    Every parameter follows the rule; so do floating-point buffers (BatchNorm running
+    statistics: the kit's teacher predicts in eval mode, so it needs statistics that track
+    the student's); integer buffers (``num_batches_tracked``) are copied. The two modules
+    must have the same architecture.
+    """
+    a = ema_alpha_at(it, alpha)
+    tp, sp = dict(teacher.named_parameters()), dict(student.named_parameters())
+    tb, sb = dict(teacher.named_buffers()), dict(student.named_buffers())
+    if tp.keys() != sp.keys() or tb.keys() != sb.keys():
+        raise ValueError("ema_update: teacher and student have different parameters or buffers")
+    for name, t in list(tp.items()) + list(tb.items()):
+        s = sp[name] if name in sp else sb[name]
+        if t.is_floating_point():
+            t.mul_(a).add_(s.detach().to(t.dtype), alpha=1.0 - a)
+        else:
+            t.copy_(s)
+    return a
