@@ -312,3 +312,29 @@ def test_strong_augment_probabilities_and_range():
     assert blurred.std() < x.std()                        # a blur smooths
     with pytest.raises(ValueError, match="jitter"):
         das3.strong_augment(x, jitter=1.5)
+
+
+def test_atp_thresholded_labels_deviation():
+    """atp_labels="thresholded": stage 2's class-wise rule replaces the argmax; the weight is the same."""
+    qe, qh = probs(3, scale=0.5), probs(4, scale=6.0)
+    mask = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(5)) > 0.5
+    thr = torch.full((qe.shape[1],), 0.9)
+    _, _, w_arg = das3_atp.atp_pseudo_labels(qe, qh, mask, 0.968)
+    y_easy, y_mix, w = das3_atp.atp_pseudo_labels(qe, qh, mask, 0.968, thresholds=thr)
+    assert torch.equal(y_easy, losses.positive_pseudo_labels(qe, thr))
+    assert bool((y_easy == 255).all())                      # the easy images are unconfident: all ignored
+    yh = losses.positive_pseudo_labels(qh, thr)
+    assert torch.equal(y_mix[~mask], yh[~mask]) and torch.equal(w, w_arg)
+
+
+@pytest.mark.parametrize("labels, teacher", [("thresholded", "ema"), ("argmax", "frozen")])
+def test_stage3_atp_deviations(tiny, labels, teacher):
+    cfg, model, target = tiny
+    res = das3_atp.stage3_atp(model, target, dict(cfg, atp_labels=labels, atp_teacher=teacher), seed=0)
+    assert res.info["labels"] == labels and res.info["teacher"] == teacher
+    assert ("thresholds" in res.info) == (labels == "thresholded")
+    frozen_same = all(torch.equal(v, p.cpu()) for (_, v), p in zip(model.named_parameters(), res.teacher.parameters()))
+    assert frozen_same == (teacher == "frozen")             # a frozen teacher is the stage-2 model throughout
+    assert das3.stage_key(3, dict(cfg, atp_teacher=teacher, atp_labels=labels), "s2", 0) != das3.stage_key(3, cfg, "s2", 0)
+    with pytest.raises(ValueError, match="atp_labels"):
+        das3_atp.stage3_atp(model, target, dict(cfg, atp_labels="soft"), seed=0)

@@ -23,11 +23,16 @@ from ..engine import make_optimizer, resolve_device
 from ..models.utils import ema_alpha_at, ema_update
 from .das3 import StageResult, _engine, _num_classes, _probs, _stage3_split, _to, make_teacher
 
-__all__ = ["atp_pseudo_labels", "stage3_atp"]
+__all__ = ["ATP_LABELS", "ATP_TEACHERS", "atp_pseudo_labels", "stage3_atp"]
+
+
+ATP_LABELS = ("argmax", "thresholded")
+ATP_TEACHERS = ("ema", "frozen")
 
 
 def atp_pseudo_labels(q_easy: torch.Tensor, q_hard: torch.Tensor, mix_mask: torch.Tensor,
-                      conf_threshold: float = 0.968) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      conf_threshold: float = 0.968, thresholds: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The targets of one step of the ATP stage 3, from the teacher's probabilities.
 
     * easy images: the teacher's plain ``argmax`` (no threshold: every pixel labelled);
@@ -39,6 +44,11 @@ def atp_pseudo_labels(q_easy: torch.Tensor, q_hard: torch.Tensor, mix_mask: torc
 
     ``q_easy``, ``q_hard`` [B,C,H,W]; ``mix_mask`` bool [B,H,W]. Returns
     ``(y_easy [B,H,W], y_mix [B,H,W], w_mix [B,H,W])``.
+
+    ``thresholds`` [C] (a deviation from the official code, config ``atp_labels="thresholded"``):
+    the labels are stage 2's positive pseudo-labels instead of the plain argmax, the argmax
+    class where its probability reaches that class's threshold and ignored elsewhere
+    (:func:`kit.losses.positive_pseudo_labels`); the DACS weight is unchanged.
     """
     if q_easy.shape != q_hard.shape or q_easy.dim() != 4:
         raise ValueError(f"q_easy and q_hard must be probabilities of one shape [B,C,H,W], got "
@@ -46,7 +56,10 @@ def atp_pseudo_labels(q_easy: torch.Tensor, q_hard: torch.Tensor, mix_mask: torc
     if mix_mask.dtype != torch.bool or mix_mask.shape != q_easy.shape[:1] + q_easy.shape[2:]:
         raise ValueError(f"mix_mask must be bool [B,H,W] = {tuple(q_easy.shape[:1] + q_easy.shape[2:])}, got "
                          f"{mix_mask.dtype} {tuple(mix_mask.shape)}")
-    y_easy, y_hard = q_easy.argmax(1), q_hard.argmax(1)
+    if thresholds is None:
+        y_easy, y_hard = q_easy.argmax(1), q_hard.argmax(1)
+    else:
+        y_easy, y_hard = losses.positive_pseudo_labels(q_easy, thresholds), losses.positive_pseudo_labels(q_hard, thresholds)
     w_hard = losses.confident_pixel_share(q_hard, conf_threshold)
     y_mix = torch.where(mix_mask, y_easy, y_hard)
     w_mix = torch.where(mix_mask, torch.ones_like(mix_mask, dtype=torch.float32), w_hard.float())
@@ -93,6 +106,12 @@ def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
     images before mixing and the mix again; here the mix of the un-augmented images is
     augmented once, as in DACS). The returned model is the student (the official
     evaluation uses the student too); ``teacher`` is the final EMA teacher.
+
+    Two named deviations, for diagnosing this recipe (the notebook's section 4c):
+    ``atp_labels="thresholded"`` labels with stage 2's class-wise thresholds (from the scan of
+    the stage-2 model, as :func:`kit.methods.das3.stage3_kit` does) instead of the plain
+    argmax; ``atp_teacher="frozen"`` keeps the stage-2 model as the teacher throughout
+    instead of the EMA of the student.
     """
     _num_classes(model)  # a segmenter with num_classes, or a clear error
     device = resolve_device(cfg["device"])
@@ -101,16 +120,22 @@ def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
     student = copy.deepcopy(model)
     for p in student.parameters():
         p.requires_grad_(True)
-    w_mix, alpha, thr = float(cfg["mix_weight"]), float(cfg["ema_alpha"]), float(cfg["atp_conf_threshold"])
+    w_mix, alpha, conf = float(cfg["mix_weight"]), float(cfg["ema_alpha"]), float(cfg["atp_conf_threshold"])
     jit, p_jit, p_blur = float(cfg["atp_jitter"]), float(cfg["atp_jitter_prob"]), float(cfg["atp_blur_prob"])
     ema_alpha_at(0, alpha)                                   # validates alpha before training starts
+    if cfg["atp_labels"] not in ATP_LABELS or cfg["atp_teacher"] not in ATP_TEACHERS:
+        raise ValueError(f"atp_labels must be one of {ATP_LABELS} and atp_teacher one of {ATP_TEACHERS}, "
+                         f"got {cfg['atp_labels']!r} and {cfg['atp_teacher']!r}")
+    thr = (scan.thresholds(float(cfg["top_k"]), cfg["threshold_mode"]).to(device)
+           if cfg["atp_labels"] == "thresholded" else None)
+    frozen = cfg["atp_teacher"] == "frozen"
     gen = torch.Generator().manual_seed(seed * 7 + 3)
     data = Unlabeled(target)
     ema_log: list[float] = []
 
     def step(batch, engine):
         net, opt = engine.modules["model"], engine.optimizers["model"]
-        a = ema_update(teacher, engine.raw_modules["model"], engine.it, alpha)   # 1. teacher <- EMA(student)
+        a = 1.0 if frozen else ema_update(teacher, engine.raw_modules["model"], engine.it, alpha)   # 1. EMA teacher
         ema_log.append(a)
         xe, _ = batch["easy"]
         xh, _ = batch["hard"]
@@ -118,7 +143,7 @@ def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
         n = xe.shape[0]
         ye = q[:n].argmax(1)
         _, _, mask = class_mix_batch(xe, ye, ye, xh, q[n:].argmax(1), generator=gen)   # 3. classes of easy images
-        y_easy, y_mix, w = atp_pseudo_labels(q[:n], q[n:], mask, thr)            # 2. argmax labels, DACS weight
+        y_easy, y_mix, w = atp_pseudo_labels(q[:n], q[n:], mask, conf, thr)      # 2. argmax labels, DACS weight
         xm, _ = class_mix(xe, y_easy, xh, y_mix, mask)
         xs = strong_augment(torch.cat([xe, xm]), gen, jit, p_jit, p_blur)       # 4. jitter + blur
         opt.zero_grad(set_to_none=True)
@@ -135,6 +160,7 @@ def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
     eng = _engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
                   "DAS3 stage 3 (propagation, ATP)", batch_size=half, opt=_atp_optimizer(cfg, student))
     history = eng.run()
-    info = {"variant": "atp", "easy": easy, "hard": hard, "entropy": scan.entropy.tolist(),
+    info = {"variant": "atp", "labels": cfg["atp_labels"], "teacher": cfg["atp_teacher"],
+            **({"thresholds": thr.cpu().tolist()} if thr is not None else {}), "easy": easy, "hard": hard, "entropy": scan.entropy.tolist(),
             "items": scan.items.tolist(), "ema_alpha_last": ema_log[-1] if ema_log else None}
     return StageResult(student, history, info, teacher)

@@ -274,6 +274,9 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "atp_jitter": F(0.2, "method", ("atp",)),        # colour jitter strength
             "atp_jitter_prob": F(0.8, "method", ("atp",)),   # probability that a batch is jittered
             "atp_blur_prob": F(0.5, "method", ("atp",)),     # probability that a batch is blurred
+            # deviations for diagnosis (the official recipe: "argmax", "ema")
+            "atp_labels": F("argmax", "method", ("atp",)),   # "argmax" | "thresholded" (stage 2's class-wise rule)
+            "atp_teacher": F("ema", "method", ("atp",)),     # "ema" | "frozen" (the stage-2 model throughout)
             "atp_optimizer": F(None, "optim", ("atp",)),     # None = the config's optimizer; the authors: "adamw"
             "atp_lr": F(None, "optim", ("atp",)),            # None = stage3_lr; the authors: 6e-5
             "atp_weight_decay": F(0.01, "optim", ("atp",)),  # AdamW's decoupled weight decay
