@@ -439,7 +439,7 @@ class AnnotationState:
     window in round ``r`` (the official per-image "active" indicator; labelled pixels are always
     inside one). ``history``: one log record per round.
 
-    Both may be views on shared or memory-mapped storage (:class:`kit.methods.ripu.ActivePool`);
+    Both may be views on shared or memory-mapped storage (:class:`kit.methods.ripu_pool.ActivePool`);
     write through :meth:`mark`, :meth:`label_images` and :meth:`rollback`. A boolean tensor passed
     as ``label_round`` is read as "labelled in round 0".
     """
@@ -535,7 +535,7 @@ def select_round(prob: torch.Tensor, state: AnnotationState, index: Sequence[int
 
     ``prob`` must be at the resolution of ``state`` -- the official code upsamples the logits
     (bilinear, ``align_corners=True``) to the original label size and selects there
-    (:func:`kit.methods.ripu.select_on_pool` does this). Scores: RA and points rank by RI x PU
+    (:func:`kit.methods.ripu_pool.select_on_pool` does this). Scores: RA and points rank by RI x PU
     with radius ``budget.k`` (:func:`region_scores`); PA by the official PA score
     (:func:`pixel_scores`) with window radius ``score_k`` (default: the suppression radius, as
     the official ``RADIUS_K`` serves both). Pixels in :meth:`AnnotationState.blocked` are

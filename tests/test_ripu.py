@@ -282,3 +282,11 @@ def test_paper_profile_constructs_and_steps_on_cpu(tmp_path):
     assert paper["iters"] == 62500 and paper["batch_size"] == 2 and paper["budget"] == 0.022
     model, pool, hist = ripu.train_ripu(cfg, 0)
     assert len(hist.train) == 3 and pool.state.labeled_pixels > 0
+
+
+def test_pool_names_keep_their_old_import_path():
+    from kit.methods import ripu, ripu_pool
+
+    for name in ripu_pool.__all__:
+        assert getattr(ripu, name) is getattr(ripu_pool, name), name
+    assert ripu.suppression_radius is ripu_pool.suppression_radius
