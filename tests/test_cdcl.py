@@ -251,3 +251,14 @@ def test_real_data_root_layout_and_label_remap(tmp_path):
     assert bool((remap.membership(2).sum(0) <= 1).all()) and bool((remap.membership(2).sum(1) >= 1).all())
     with pytest.raises(ValueError, match="unknown real dataset"):
         cdcl.make_cdcl_datasets({**cfg, "datasets": ["mapillary"]})
+
+
+def test_moved_pieces_have_their_homes_and_old_paths_still_work():
+    from kit import data
+    from kit.methods import cdcl_analysis, cdcl_remap
+
+    assert cdcl.make_cdcl_datasets is data.make_cdcl_datasets and cdcl.REAL_LAYOUT is data.REAL_LAYOUT
+    for name in ("LabelRemap", "label_remap_loss", "GroupedOutput", "label_remap_for"):
+        assert getattr(cdcl, name) is getattr(cdcl_remap, name)
+    for name in ("layer_statistics", "distribution_distance"):
+        assert getattr(cdcl, name) is getattr(cdcl_analysis, name)

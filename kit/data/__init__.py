@@ -6,6 +6,10 @@ label spaces, image mixing (:mod:`kit.data.mixing`, ClassMix) and dataset wrappe
 (source/target x train/val) from a config: the toy world by default, or the real
 benchmarks when ``cfg["data_root"]`` is set (GTA5 or SYNTHIA -> Cityscapes, the papers'
 resizing conventions, evaluation against full-resolution labels).
+
+:func:`make_cdcl_datasets` gives several labelled datasets by name, ``{name: {"train", "val"}}``
+(cross-dataset training, CDCL): toy-world cities, or Cityscapes, BDD100K and CamVid under
+``cfg["data_root"]`` (:data:`REAL_LAYOUT`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .world import DOMAINS, WORLD_CLASSES, ToyWorld, get_domain, render
 from .wrappers import ImagesOnly, Unlabeled
 
 __all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",
-           "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly"]
+           "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly", "make_cdcl_datasets", "REAL_LAYOUT"]
 
 
 class ResizeImage:
@@ -76,3 +80,49 @@ def make_da_datasets(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "target_train": real.Cityscapes(root / "cityscapes", "train", classes=classes, transform=Resize(size)),
         "target_val": real.Cityscapes(root / "cityscapes", "val", classes=classes, transform=ResizeImage(size)),
     }
+
+
+#: real datasets under DATA_ROOT and their folder layout (paper profile)
+REAL_LAYOUT = """<data_root>/cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/... (Cityscapes reader)
+<data_root>/bdd100k/images/{train,val}/*.jpg, labels/{train,val}/*_train_id.png (19 Cityscapes train ids)
+<data_root>/camvid/{train,val}/*.png, {train,val}annot/*.png (SegNet CamVid: 11 classes, 11 = void)"""
+
+
+def _real_dataset(root: Path, name: str, split: str, size, train: bool):
+    from . import real
+    from .transforms import Compose, RandomCrop, RandomHorizontalFlip
+
+    tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
+    if name == "cityscapes":
+        return real.Cityscapes(root / "cityscapes", split, transform=tf)
+    if name == "bdd100k":
+        return real.BDD100K(root / "bdd100k", split, transform=tf)
+    if name == "camvid":
+        return real.CamVid(root / "camvid", split, transform=tf)
+    raise ValueError(f"unknown real dataset {name!r}; expected cityscapes, bdd100k or camvid laid out as\n{REAL_LAYOUT}")
+
+
+def make_cdcl_datasets(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"train": ds, "val": ds}}`` for every dataset in ``cfg["datasets"]``.
+
+    Toy world (``data_root`` None): ``ToyWorld(name, split, size, n_train / n_val)``.
+    Real data: ``cityscapes``, ``bdd100k``, ``camvid`` under ``data_root`` (:data:`REAL_LAYOUT`),
+    training images randomly cropped to ``size``, validation images resized to ``eval_size``.
+    """
+    names = list(cfg["datasets"])
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"datasets must be a non-empty list of distinct names, got {names}")
+    root = cfg.get("data_root")
+    out = {}
+    for n in names:
+        if not root:
+            if n not in DOMAINS:
+                raise ValueError(f"unknown toy-world dataset {n!r}; expected one of {sorted(DOMAINS)}")
+            out[n] = {"train": ToyWorld(n, "train", tuple(cfg["size"]), cfg["n_train"],
+                                        device=cfg.get("render_device", "cpu")),
+                      "val": ToyWorld(n, "val", tuple(cfg["eval_size"]), cfg["n_val"])}
+        else:
+            root = Path(root)
+            out[n] = {"train": _real_dataset(root, n, "train", cfg["size"], True),
+                      "val": _real_dataset(root, n, "val", cfg["eval_size"], False)}
+    return out

@@ -17,10 +17,12 @@ Several *labelled* datasets (Cityscapes, BDD100K, CamVid; here the toy world's c
   another, and label remapping -- one ordinary network (shared BNs, one head) on the
   union of the datasets with a merged label space (:class:`LabelRemap`; a dataset's
   class that merges several union classes is trained with the log of their summed
-  probability, :func:`label_remap_loss`).
+  probability, :func:`label_remap_loss`; both in :mod:`kit.methods.cdcl_remap`).
 
 Everything trains through :class:`kit.engine.Engine` and is cached with
-:func:`kit.cache.load_or_train` (:func:`load_or_train_cdcl`).
+:func:`kit.cache.load_or_train` (:func:`load_or_train_cdcl`). The datasets come from
+:func:`kit.data.make_cdcl_datasets`; the analysis of the paper's Fig. 1 (conv weights alike,
+BN statistics different) is in :mod:`kit.methods.cdcl_analysis`.
 """
 from __future__ import annotations
 
@@ -29,18 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import losses
 from ..cache import cache_name, load_or_train, model_key, save_checkpoint
-from ..data import IGNORE_INDEX, ToyWorld
+from ..data import REAL_LAYOUT, make_cdcl_datasets  # noqa: F401  (re-exported: their old home)
 from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
-from ..data.world import DOMAINS, WORLD_CLASSES
 from ..engine import Engine, History, evaluate, seed_everything
 from ..models import DSBatchNorm2d, PSPNet, convert_to_dsbn, use_domain
+from .cdcl_analysis import distribution_distance, layer_statistics  # noqa: F401  (re-exported: their old home)
+from .cdcl_remap import (GroupedOutput, LabelRemap, label_remap_for,  # noqa: F401  (re-exported: their old home)
+                         label_remap_loss)
 from .supervised import build_model, make_model_optimizer
 
 __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep", "make_cdcl_datasets",
@@ -51,126 +53,6 @@ __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep"
 KINDS = ("single", "finetune", "remap", "dat")
 
 # Defaults and sections of every field: kit.methods.defaults (METHODS["cdcl"]).
-
-
-# =============================================================================================
-# Label remapping (the paper's "label remapping" baseline): one label space for all datasets
-# =============================================================================================
-@dataclass
-class LabelRemap:
-    """A merged ("union") label space and, per dataset, which union classes each of its
-    classes covers.
-
-    ``groups[i][c]`` is the tuple of union classes that dataset i's class ``c`` stands for
-    (one class for a shared class, several where the dataset merges classes, e.g. CamVid's
-    or city C's "vegetation" = vegetation + terrain). Every union class belongs to at most
-    one class of each dataset (to none if the dataset does not label it).
-    """
-
-    union: tuple[str, ...]
-    spaces: tuple[tuple[str, ...], ...]
-    groups: tuple[dict[str, tuple[str, ...]], ...]
-
-    def __post_init__(self):
-        self.union = tuple(self.union)
-        self.spaces = tuple(tuple(s) for s in self.spaces)
-        if len(set(self.union)) != len(self.union):
-            raise ValueError(f"union label space has duplicates: {self.union}")
-        if len(self.groups) != len(self.spaces):
-            raise ValueError(f"{len(self.spaces)} label spaces but {len(self.groups)} group maps")
-        for i, (space, groups) in enumerate(zip(self.spaces, self.groups)):
-            if set(groups) != set(space):
-                raise ValueError(f"dataset {i}: groups must name each of its classes {space} once, got {list(groups)}")
-            seen: dict[str, str] = {}
-            for c, members in groups.items():
-                if not members:
-                    raise ValueError(f"dataset {i}: class {c!r} covers no union class")
-                for u in members:
-                    if u not in self.union:
-                        raise ValueError(f"dataset {i}: class {c!r} maps to {u!r}, not in the union {self.union}")
-                    if u in seen:
-                        raise ValueError(f"dataset {i}: union class {u!r} is in both {seen[u]!r} and {c!r}")
-                    seen[u] = c
-
-    @classmethod
-    def from_domains(cls, names: Sequence[str]) -> "LabelRemap":
-        """The remap of toy-world domains: the union is every world class some domain labels."""
-        specs = [DOMAINS[n] if isinstance(n, str) else n for n in names]
-        union = tuple(w for w in WORLD_CLASSES if any(s.label_of.get(w, w) is not None for s in specs))
-        groups = []
-        for s in specs:
-            g: dict[str, tuple[str, ...]] = {c: () for c in s.classes}
-            for w in union:
-                t = s.label_of.get(w, w)
-                if t is not None:
-                    g[t] = g[t] + (w,)
-            groups.append(g)
-        return cls(union, tuple(s.classes for s in specs), tuple(groups))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.union)
-
-    def membership(self, i: int) -> torch.Tensor:
-        """float [K_i, K_union]: M[c, u] = 1 if dataset i's class c covers union class u."""
-        space = self.spaces[i]
-        m = torch.zeros(len(space), len(self.union))
-        for c, members in self.groups[i].items():
-            for u in members:
-                m[space.index(c), self.union.index(u)] = 1.0
-        return m
-
-    def lut(self, i: int) -> torch.Tensor:
-        """int64 [K_union]: union class -> dataset i's class (255 where dataset i does not label it)."""
-        out = torch.full((len(self.union),), IGNORE_INDEX, dtype=torch.int64)
-        m = self.membership(i)
-        for u in range(len(self.union)):
-            hit = m[:, u].nonzero()
-            if len(hit):
-                out[u] = int(hit[0])
-        return out
-
-
-def label_remap_loss(logits: torch.Tensor, labels: torch.Tensor, membership: torch.Tensor,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Cross-entropy of a union-space prediction against one dataset's labels [CDCL: label remapping loss].
-
-    Shapes: ``logits`` [B,K_union,h,w] (upsampled to the label size here), ``labels``
-    [B,H,W] in dataset space (``ignore_index`` ignored), ``membership`` [K_d,K_union]
-    (:meth:`LabelRemap.membership`). The probability of dataset class c is the sum of the
-    probabilities of the union classes it covers; the loss is ``-mean log p(c)``.
-    With an identity membership it equals :func:`kit.losses.seg_loss`.
-
-    >>> logits = torch.zeros(1, 3, 1, 2); m = torch.tensor([[1., 1., 0.], [0., 0., 1.]])
-    >>> round(float(label_remap_loss(logits, torch.tensor([[[0, 1]]]), m)), 4)  # (log 1.5 + log 3) / 2
-    0.752
-    """
-    if membership.dim() != 2 or membership.shape[1] != logits.shape[1]:
-        raise ValueError(f"membership must be [K_dataset, K_union={logits.shape[1]}], got {tuple(membership.shape)}")
-    losses.check_labels(labels, membership.shape[0], ignore_index)
-    logits = losses.upsample(logits, labels.shape[-2:]).float()
-    prob = F.softmax(logits, dim=1)
-    grouped = torch.einsum("bkhw,ck->bchw", prob, membership.to(prob)).contiguous()
-    valid = labels != ignore_index
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return F.nll_loss(grouped.clamp_min(1e-12).log(), labels, ignore_index=ignore_index)
-
-
-class GroupedOutput(nn.Module):
-    """Wraps a union-space model for evaluation on dataset i: ``"out"`` becomes the log of the
-    grouped probabilities [B,K_i,h,w] (softmax of it gives back the grouped probabilities)."""
-
-    def __init__(self, model: nn.Module, membership: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("membership", membership.float())
-
-    def forward(self, x: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
-        out = dict(self.model(x, **kw))
-        prob = F.softmax(out["out"].float(), dim=1)
-        out["out"] = torch.einsum("bkhw,ck->bchw", prob, self.membership).clamp_min(1e-12).log()
-        return out
 
 
 # =============================================================================================
@@ -249,72 +131,8 @@ class DATStep:
 
 
 # =============================================================================================
-# Data and models
+# The model: Dataset-Aware Blocks (paper Fig. 2), and what a DAT model is for one dataset
 # =============================================================================================
-#: real datasets under DATA_ROOT and their folder layout (paper profile)
-REAL_LAYOUT = """<data_root>/cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png, gtFine/... (Cityscapes reader)
-<data_root>/bdd100k/images/{train,val}/*.jpg, labels/{train,val}/*_train_id.png (19 Cityscapes train ids)
-<data_root>/camvid/{train,val}/*.png, {train,val}annot/*.png (SegNet CamVid: 11 classes, 11 = void)"""
-
-def _real_dataset(root: Path, name: str, split: str, size, train: bool):
-    from ..data import ResizeImage, real
-    from ..data.transforms import Compose, RandomCrop, RandomHorizontalFlip
-
-    tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
-    if name == "cityscapes":
-        return real.Cityscapes(root / "cityscapes", split, transform=tf)
-    if name == "bdd100k":
-        return real.BDD100K(root / "bdd100k", split, transform=tf)
-    if name == "camvid":
-        return real.CamVid(root / "camvid", split, transform=tf)
-    raise ValueError(f"unknown real dataset {name!r}; expected cityscapes, bdd100k or camvid laid out as\n{REAL_LAYOUT}")
-
-
-def make_cdcl_datasets(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{name: {"train": ds, "val": ds}}`` for every dataset in ``cfg["datasets"]``.
-
-    Toy world (``data_root`` None): ``ToyWorld(name, split, size, n_train / n_val)``.
-    Real data: ``cityscapes``, ``bdd100k``, ``camvid`` under ``data_root`` (:data:`REAL_LAYOUT`),
-    training images randomly cropped to ``size``, validation images resized to ``eval_size``.
-    """
-    names = list(cfg["datasets"])
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"datasets must be a non-empty list of distinct names, got {names}")
-    root = cfg.get("data_root")
-    out = {}
-    for n in names:
-        if not root:
-            if n not in DOMAINS:
-                raise ValueError(f"unknown toy-world dataset {n!r}; expected one of {sorted(DOMAINS)}")
-            out[n] = {"train": ToyWorld(n, "train", tuple(cfg["size"]), cfg["n_train"],
-                                        device=cfg.get("render_device", "cpu")),
-                      "val": ToyWorld(n, "val", tuple(cfg["eval_size"]), cfg["n_val"])}
-        else:
-            root = Path(root)
-            out[n] = {"train": _real_dataset(root, n, "train", cfg["size"], True),
-                      "val": _real_dataset(root, n, "val", cfg["eval_size"], False)}
-    return out
-
-
-def _classes(ds) -> tuple[str, ...]:
-    return tuple(ds.classes)
-
-
-def label_remap_for(datasets: Mapping[str, Mapping[str, Any]]) -> LabelRemap:
-    """The :class:`LabelRemap` of the given datasets (toy domains, or Cityscapes-space real data)."""
-    names = list(datasets)
-    if all(n in DOMAINS for n in names):
-        return LabelRemap.from_domains(names)
-    from ..data import CITYSCAPES_CLASSES
-
-    groups, spaces = [], []
-    for n in names:
-        cls = _classes(datasets[n]["train"])
-        spaces.append(cls)
-        groups.append(CAMVID_TO_CITYSCAPES if n == "camvid" else {c: (c,) for c in cls})
-    return LabelRemap(tuple(CITYSCAPES_CLASSES), tuple(spaces), tuple(dict(g) for g in groups))
-
-
 def build_cdcl_model(cfg: Mapping[str, Any], num_classes: Sequence[int] | int, dsbn: bool = True) -> nn.Module:
     """The config's PSPNet with one head per entry of ``num_classes`` and, with ``dsbn``, every
     BN converted to a dataset-specific BN with one branch per head (Dataset-Aware Blocks)."""
@@ -493,44 +311,6 @@ def evaluate_cdcl(model: nn.Module, kind: str, names: Sequence[str], datasets: M
 
 
 # =============================================================================================
-# The motivation figure (paper Fig. 1): conv weights alike, BN statistics different
-# =============================================================================================
-def layer_statistics(model: nn.Module) -> list[dict[str, Any]]:
-    """For every BN of a plain network and the conv just before it: the conv weights and the
-    BN's running means and variances (numpy arrays), with the layer names."""
-    recs, last_conv = [], None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            last_conv = (name, m)
-        elif isinstance(m, nn.BatchNorm2d) and last_conv is not None and m.running_mean is not None:
-            recs.append({"bn": name, "conv": last_conv[0],
-                         "conv_weight": last_conv[1].weight.detach().flatten().cpu().numpy(),
-                         "bn_mean": m.running_mean.detach().cpu().numpy(),
-                         "bn_var": m.running_var.detach().cpu().numpy()})
-            last_conv = None
-    if not recs:
-        raise ValueError("model has no conv followed by a BatchNorm2d (a DSBN model? use dataset_model first)")
-    return recs
-
-
-def distribution_distance(a, b, quantiles: int = 256) -> float:
-    """Scale-free distance between two empirical distributions: the 1-Wasserstein distance
-    (mean absolute difference of matched quantiles) divided by the pooled standard deviation.
-    0 for identical distributions; comparable across layers of different scale.
-
-    >>> round(distribution_distance([0., 1., 2.], [0., 1., 2.]), 3)
-    0.0
-    """
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.size == 0 or b.size == 0:
-        raise ValueError("distribution_distance needs two non-empty samples")
-    q = (np.arange(quantiles) + 0.5) / quantiles
-    w1 = float(np.mean(np.abs(np.quantile(a, q) - np.quantile(b, q))))
-    sd = float(np.std(np.concatenate([a, b])))
-    return w1 / sd if sd > 0 else 0.0
-
-
-# =============================================================================================
 # Trainer for ``kit train cdcl``
 # =============================================================================================
 def train(cfg: Mapping[str, Any]) -> Path | None:
@@ -546,7 +326,7 @@ def train(cfg: Mapping[str, Any]) -> Path | None:
     path = train_output_path(cfg, "cdcl")
     if distributed.is_main():
         meta = {"method": "cdcl", "seed": seed, "datasets": names,
-                "classes": {n: list(_classes(ds[n]["train"])) for n in names},
+                "classes": {n: list(ds[n]["train"].classes) for n in names},
                 "config": dict(cfg), "history": history.to_dict()}
         save_checkpoint(path, {"model": model.state_dict()}, meta)
     distributed.barrier()
