@@ -77,3 +77,13 @@ def test_das3_generic_pieces_have_their_homes():
     assert das3.strong_augment is transforms.strong_augment
     assert das3.ema_update is utils.ema_update and das3.ema_alpha_at is utils.ema_alpha_at
     assert das3.stage3_atp is das3_atp.stage3_atp and das3.atp_pseudo_labels is das3_atp.atp_pseudo_labels
+    assert das3.reestimate_bn is utils.reestimate_bn and das3.make_teacher is utils.make_teacher
+
+
+def test_das3_siblings_are_the_old_names():
+    from kit.methods import das3_cache, das3_scan
+
+    for name in das3_scan.__all__:
+        assert getattr(das3, name) is getattr(das3_scan, name)
+    for name in das3_cache.__all__:
+        assert getattr(das3, name) is getattr(das3_cache, name)

@@ -26,32 +26,32 @@ modified), so they compose in any order or alone:
    (:func:`kit.methods.das3_atp.stage3_atp`, its own module) -- as the authors' later code: an EMA teacher, plain argmax
    labels, DACS-style weights on the hard pixels and strong augmentation.
 
-:func:`adapt` chains the three; :func:`load_or_run_stage` caches each stage's model
-keyed by its full config and the key of the model it started from.
+:func:`adapt` chains the three; :func:`kit.methods.das3_cache.load_or_run_stage` caches each
+stage's model keyed by its full config and the key of the model it started from. The scan of
+the target that sets the thresholds and the easy / hard split: :mod:`kit.methods.das3_scan`.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from .. import losses
-from ..cache import data_identity, load_or_train, model_key
 from ..data.labels import IGNORE_INDEX
 from ..data.mixing import class_mix, class_mix_batch  # noqa: F401  (re-exported: their old home)
 from ..data.transforms import strong_augment  # noqa: F401  (re-exported: its old home)
 from ..data.wrappers import Unlabeled  # noqa: F401  (re-exported: its old home)
-from ..engine import Engine, autocast, evaluate, make_optimizer, resolve_device
-from ..models.utils import ema_alpha_at, ema_update  # noqa: F401  (re-exported: their old home)
-from .supervised import build_model, load_or_train_baseline, make_model_optimizer
+from ..engine import Engine, resolve_device
+from ..models.utils import ema_alpha_at, ema_update, make_teacher, reestimate_bn  # noqa: F401  (re-exported: their old home)
+from .das3_cache import eval_record, load_or_run_stage, load_source_model, stage_key, stage_tags  # noqa: F401  (re-exported)
+from .das3_scan import Scan, pseudo_label_thresholds, scan_target  # noqa: F401  (re-exported: their old home)
+from .das3_scan import _num_classes, _probs, _stage3_split, _to
+from .supervised import make_model_optimizer
 
 __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
            "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate",
@@ -65,142 +65,12 @@ STAGE_NAMES = {1: "alignment", 2: "self-training", 3: "propagation"}  #: for lab
 STAGE3_VARIANTS = ("kit", "atp")
 
 
-def _num_classes(model: nn.Module) -> int:
-    n = getattr(model, "num_classes", None)
-    if not isinstance(n, int):
-        raise ValueError(f"{type(model).__name__} has no integer 'num_classes'; DAS3 needs a segmenter like DeepLabV2")
-    return n
-
-
 def _classifiers(model: nn.Module) -> list[nn.Module]:
     """The classifier modules of a segmenter (frozen in stage 1)."""
     heads = [getattr(model, name) for name in ("head", "aux_head") if getattr(model, name, None) is not None]
     if not heads:
         raise ValueError(f"{type(model).__name__} has no 'head' classifier to freeze; DAS3 stage 1 needs one")
     return heads
-
-
-def make_teacher(model: nn.Module) -> nn.Module:
-    """A frozen copy of ``model``: eval mode (BN running statistics) and no gradients. The
-    pseudo-labeller of stage 2 and the teacher of stage 3; never handed to an optimizer or
-    to the engine (which would switch it to train mode)."""
-    teacher = copy.deepcopy(model)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.eval()
-
-
-def _to(model: nn.Module, device: torch.device, cfg: Mapping[str, Any]) -> nn.Module:
-    """Move a frozen model where the engine puts the student (device, memory format)."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if cfg["channels_last"] else model
-
-
-@torch.no_grad()
-def _probs(model: nn.Module, x: torch.Tensor, size, amp: str) -> torch.Tensor:
-    with autocast(x.device, amp):
-        logits = model(x)["out"]
-    return F.softmax(losses.upsample(logits.float(), size), 1)
-
-
-# ----------------------------------------------------------------------------------
-# Scanning the target set: confidences for thresholds, entropies for ranking
-# ----------------------------------------------------------------------------------
-@dataclass
-class Scan:
-    """What one pass of a model over the (unlabelled) target set gives.
-
-    ``entropy``: mean normalized pixel entropy per scanned image [N]; ``items``: their
-    dataset indices [N]; ``confidence``/``pred``: max probability and argmax of a random
-    sample of pixels (``scan_pixels`` per image), for the pseudo-label thresholds.
-    """
-
-    items: torch.Tensor
-    entropy: torch.Tensor
-    confidence: torch.Tensor
-    pred: torch.Tensor
-    num_classes: int
-
-    def thresholds(self, top_k: float, mode: str = "classwise") -> torch.Tensor:
-        return pseudo_label_thresholds(self.confidence, self.pred, self.num_classes, top_k, mode)
-
-    def split(self, easy_ratio: float) -> tuple[list[int], list[int]]:
-        """(easy, hard) dataset indices: the ``easy_ratio`` lowest-entropy images and the rest."""
-        if not 0.0 < easy_ratio < 1.0:
-            raise ValueError(f"easy_ratio must be in (0, 1), got {easy_ratio}")
-        order = torch.argsort(self.entropy, stable=True)
-        n_easy = min(max(1, round(easy_ratio * len(order))), len(order) - 1)
-        items = self.items[order].tolist()
-        return items[:n_easy], items[n_easy:]
-
-
-def pseudo_label_thresholds(confidence: torch.Tensor, pred: torch.Tensor, num_classes: int, top_k: float,
-                            mode: str = "classwise") -> torch.Tensor:
-    """Thresholds [C] for positive pseudo-labels: class-wise top-K (DAS3) or one global
-    threshold that keeps the same proportion of all pixels (ablation), repeated per class."""
-    if mode == "classwise":
-        return losses.classwise_thresholds(confidence, pred, num_classes, top_k)
-    if mode == "global":
-        return torch.full((num_classes,), losses.global_threshold(confidence, top_k))
-    raise ValueError(f"threshold_mode must be 'classwise' or 'global', got {mode!r}")
-
-
-@torch.no_grad()
-def scan_target(model: nn.Module, target: Dataset, items: Sequence[int] | None = None, batch_size: int = 32,
-                scan_pixels: int = 2048, amp: str = "auto", seed: int = 0) -> Scan:
-    """Run ``model`` (eval mode) over target images (labels never read); see :class:`Scan`."""
-    target = Unlabeled(target)
-    num_classes = _num_classes(model)
-    items = list(range(len(target))) if items is None else [int(i) for i in items]
-    if not items:
-        raise ValueError("scan_target needs at least one target image")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    ent, conf, pred = [], [], []
-    loader = DataLoader(Subset(target, items), batch_size=batch_size, shuffle=False)
-    for x, _idx in loader:
-        x = x.to(dev)
-        prob = _probs(model, x, x.shape[-2:], amp).cpu()
-        h = losses.normalized_entropy(prob)                      # [B,H,W]
-        ent.append(h.flatten(1).mean(1))
-        c, p = prob.max(1)
-        c, p = c.flatten(1), p.flatten(1)
-        k = min(scan_pixels, c.shape[1])
-        pick = torch.stack([torch.randperm(c.shape[1], generator=g)[:k] for _ in range(c.shape[0])])
-        conf.append(c.gather(1, pick).flatten().half())
-        pred.append(p.gather(1, pick).flatten().to(torch.uint8 if num_classes <= 255 else torch.int64))
-    model.train(was_training)
-    return Scan(torch.tensor(items), torch.cat(ent), torch.cat(conf).float(), torch.cat(pred).long(), num_classes)
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, target: Dataset, n_images: int = 256, batch_size: int = 32,
-                  amp: str = "off") -> nn.Module:
-    """A copy of ``model`` whose BatchNorm running statistics are recomputed on target images
-    (cumulative average over ``n_images``, no gradient step): "AdaBN". Not a stage of DAS3;
-    a reference that separates what stage 1 gains from the BN statistics (which its
-    train-mode forward passes re-estimate anyway) from what its losses add."""
-    model = copy.deepcopy(model)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layers to re-estimate")
-    model.train()
-    if not all(m.training for m in bns):
-        raise ValueError("the model's BatchNorm layers are frozen (they stay in eval mode, e.g. frozen_bn=True); "
-                         "their statistics cannot be re-estimated")
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    dev = next(model.parameters()).device
-    n = min(int(n_images), len(target))  # type: ignore[arg-type]
-    for x, _ in DataLoader(Subset(Unlabeled(target), range(n)), batch_size=batch_size):
-        with autocast(dev, amp):
-            model(x.to(dev))
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------------
@@ -348,16 +218,6 @@ def stage3_propagate(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], 
     raise ValueError(f"stage3 must be one of {STAGE3_VARIANTS}, got {variant!r}")
 
 
-def _stage3_split(teacher: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int):
-    scan = scan_target(teacher, target, None, cfg["eval_batch_size"], cfg["scan_pixels"], cfg["amp"], seed)
-    easy, hard = scan.split(float(cfg["easy_ratio"]))
-    half = max(1, int(cfg["batch_size"]) // 2)
-    if len(easy) < half or len(hard) < half:
-        raise ValueError(f"the easy ({len(easy)}) and hard ({len(hard)}) splits need at least {half} images each "
-                         f"(half a batch); use more target images or a different easy_ratio")
-    return scan, easy, hard, half
-
-
 def stage3_kit(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int = 0) -> StageResult:
     """Stage 3 as this kit reads the v1 paper (``stage3="kit"``).
 
@@ -425,105 +285,6 @@ def adapt(source_model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
         out[s] = _STAGES[s](model, target, cfg, seed)
         model = out[s].model
     return out
-
-
-# ----------------------------------------------------------------------------------
-# Caching: every stage's model keyed by its config and the model it started from
-# ----------------------------------------------------------------------------------
-def stage_tags(stage: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The tags of a stage's model (:mod:`kit.methods.defaults`): ``stage<N>``, plus ``atp`` for
-    the authors' stage 3 (its EMA / augmentation / optimizer fields are in its key only then)."""
-    if stage not in _STAGES:
-        raise ValueError(f"unknown DAS3 stage {stage!r}; expected 1, 2 or 3")
-    return (f"stage{stage}", "atp") if stage == 3 and cfg["stage3"] == "atp" else (f"stage{stage}",)
-
-
-def stage_key(stage: int, cfg: Mapping[str, Any], prev_key: str, seed: int, target: Dataset | None = None) -> dict:
-    """The cache key of a stage (:func:`kit.cache.model_key`): the config (the fields of the other
-    stages left out: they reach it through ``prev_key``, the key of its input model), the seed and
-    the identity of the target data."""
-    return model_key(cfg, "das3", seed=seed, data={"target": target}, parents=[prev_key],
-                     tags=stage_tags(stage, cfg), stage=int(stage))
-
-
-def load_or_run_stage(stage: int, model: nn.Module, prev_key: str, target: Dataset, cfg: Mapping[str, Any],
-                      seed: int = 0, val_set: Dataset | None = None, verbose: bool = False) -> tuple[nn.Module, dict]:
-    """The model after ``stage`` from ``model`` (whose cache key is ``prev_key``), cached.
-
-    Returns ``(model, meta)``; ``meta`` has ``key`` (for the next stage), ``history``,
-    ``info`` (thresholds, easy/hard split) and, when ``val_set`` is given, ``eval``
-    (mIoU and per-class IoU on it; stored with the checkpoint, recomputed only for
-    another validation set).
-    """
-    key = stage_key(stage, cfg, prev_key, seed, target)
-    vfp = data_identity(val_set)
-
-    def run():
-        res = _STAGES[stage](model, target, cfg, seed)
-        meta = {"history": res.history.to_dict(), "info": res.info}
-        if val_set is not None:
-            meta["eval"] = eval_record(res.model, val_set, cfg, vfp)
-        return {"model": res.model.state_dict()}, meta
-
-    state, meta = load_or_train(f"das3-stage{stage}", key, run, cfg.get("cache_dir"), verbose=verbose)
-    out = copy.deepcopy(model)
-    out.load_state_dict(state["model"])
-    for p in out.parameters():
-        p.requires_grad_(True)
-    out.eval()
-    if val_set is not None and (meta.get("eval") or {}).get("val") != vfp:
-        meta["eval"] = eval_record(out, val_set, cfg, vfp)
-    return out, meta
-
-
-def eval_record(model: nn.Module, val_set: Dataset, cfg: Mapping[str, Any], fingerprint=None) -> dict:
-    """mIoU, per-class IoU and the predicted / true pixel share per class of ``model`` on ``val_set``."""
-    res = evaluate(model, val_set, batch_size=cfg["eval_batch_size"], flip=cfg["flip_eval"], amp=cfg["amp"])
-    classes = res.classes or tuple(str(i) for i in range(len(res.iou)))
-    cm = res.confusion.double()
-    return {"val": fingerprint, "miou": res.miou,
-            "iou": {c: (None if v != v else float(v)) for c, v in zip(classes, res.iou.tolist())},
-            "pred_share": dict(zip(classes, (cm.sum(0) / cm.sum()).tolist())),
-            "true_share": dict(zip(classes, (cm.sum(1) / cm.sum()).tolist()))}
-
-
-# ----------------------------------------------------------------------------------
-# The source model
-# ----------------------------------------------------------------------------------
-def load_source_model(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                      num_classes: int | None = None) -> tuple[nn.Module, str]:
-    """The source-trained model DAS3 starts from, and its cache key.
-
-    ``cfg["source_checkpoint"]``: a file with the network's ``state_dict`` (or a kit
-    checkpoint holding it under ``"model"``), loaded into :func:`build_model` of the config;
-    its key is the file's SHA-256. Otherwise the kit's cached source-only baseline
-    (:func:`kit.methods.supervised.load_or_train_baseline`, trained if not cached -- the
-    only place where source data is used, before adaptation starts).
-    """
-    path = cfg.get("source_checkpoint")
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"source_checkpoint {path} does not exist; expected a state_dict file (.pt)")
-        if num_classes is None:
-            if datasets is None:
-                raise ValueError("num_classes (or datasets) is needed to build the network for a source checkpoint")
-            num_classes = datasets["target_train"].num_classes
-        data = path.read_bytes()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-            state = state["model"]
-        model = build_model(cfg, num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"source_checkpoint {path} does not fit the config's network "
-                             f"({cfg['model']} depth {cfg['depth']} width {cfg['width']}, {num_classes} classes): "
-                             f"{str(e)[:300]}") from None
-        model.eval()
-        return model, "file-" + hashlib.sha256(data).hexdigest()[:16]
-    model, meta = load_or_train_baseline("source_only", cfg, seed, datasets, verbose=False)
-    return model, str(meta["key"])
 
 
 def train(cfg: Mapping[str, Any]) -> Path | None:

@@ -20,8 +20,9 @@ from ..data.mixing import class_mix, class_mix_batch
 from ..data.transforms import strong_augment
 from ..data.wrappers import Unlabeled
 from ..engine import make_optimizer, resolve_device
-from ..models.utils import ema_alpha_at, ema_update
-from .das3 import StageResult, _engine, _num_classes, _probs, _stage3_split, _to, make_teacher
+from ..models.utils import ema_alpha_at, ema_update, make_teacher
+from .das3 import StageResult, _engine
+from .das3_scan import _num_classes, _probs, _stage3_split, _to
 
 __all__ = ["ATP_LABELS", "ATP_TEACHERS", "atp_pseudo_labels", "stage3_atp"]
 
@@ -85,7 +86,7 @@ def _atp_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Opti
 def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int = 0) -> StageResult:
     """Stage 3 as the authors' later code does it (``stage3="atp"``; ATP, ``atp_semi.py``).
 
-    Split as in :func:`stage3_kit` (the stage-2 model's mean normalized entropy, the
+    Split as in :func:`kit.methods.das3.stage3_kit` (the stage-2 model's mean normalized entropy, the
     ``easy_ratio`` lowest easy). Then, each iteration ``t``:
 
     1. the teacher is the EMA of the student, updated first (:func:`ema_update`,

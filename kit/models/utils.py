@@ -7,18 +7,27 @@
 * :func:`count_parameters`, :func:`count_flops` - model size and cost (CDCL "no extra
   inference cost" claim, benchmarks).
 * :func:`freeze` / :func:`unfreeze` - stop / restart gradients of a module (DDeP).
+* :func:`make_teacher` - a frozen copy of a model in eval mode (DAS3's pseudo-labeller and teacher).
+* :func:`ema_alpha_at` / :func:`ema_update` - the EMA teacher (DAS3's ATP stage 3).
+* :func:`reestimate_bn` - BatchNorm statistics recomputed on other images, "AdaBN" (DAS3's reference).
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data.wrappers import Unlabeled
+from ..machine import autocast
 
 __all__ = [
     "upsample_like", "InputNorm", "check_image", "param_groups_from",
     "count_parameters", "count_flops", "freeze", "unfreeze", "INPUT_NORMS", "ema_alpha_at", "ema_update",
+    "make_teacher", "reestimate_bn",
 ]
 
 # name -> (mean, std, scale, to_bgr); the image is first multiplied by `scale`.
@@ -203,6 +212,16 @@ def unfreeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def make_teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model``: eval mode (BN running statistics) and no gradients. The
+    pseudo-labeller of stage 2 and the teacher of stage 3; never handed to an optimizer or
+    to the engine (which would switch it to train mode)."""
+    teacher = copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 def ema_alpha_at(it: int, alpha: float = 0.999) -> float:
     """The EMA rate at iteration ``it`` (0-based): ``min(1 - 1/(it + 1), alpha)``.
 
@@ -242,3 +261,31 @@ def ema_update(teacher: nn.Module, student: nn.Module, it: int, alpha: float = 0
         else:
             t.copy_(s)
     return a
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, target: Dataset, n_images: int = 256, batch_size: int = 32,
+                  amp: str = "off") -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are recomputed on target images
+    (cumulative average over ``n_images``, no gradient step): "AdaBN". Not a stage of DAS3;
+    a reference that separates what stage 1 gains from the BN statistics (which its
+    train-mode forward passes re-estimate anyway) from what its losses add."""
+    model = copy.deepcopy(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layers to re-estimate")
+    model.train()
+    if not all(m.training for m in bns):
+        raise ValueError("the model's BatchNorm layers are frozen (they stay in eval mode, e.g. frozen_bn=True); "
+                         "their statistics cannot be re-estimated")
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    dev = next(model.parameters()).device
+    n = min(int(n_images), len(target))  # type: ignore[arg-type]
+    for x, _ in DataLoader(Subset(Unlabeled(target), range(n)), batch_size=batch_size):
+        with autocast(dev, amp):
+            model(x.to(dev))
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval()
