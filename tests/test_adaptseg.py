@@ -250,3 +250,17 @@ def test_paper_profile_constructs_and_runs_on_cpu(tmp_path):
     g = state["model"]
     assert g["backbone.layer4.2.conv3.weight"].shape[0] == 2048 and "aux_head.convs.3.weight" in g
     assert meta["history"]["train"][-1]["lr"] == pytest.approx(2.5e-4 * (1 - 1 / 250000) ** 0.9, rel=1e-6)
+
+
+def test_moved_pieces_keep_their_old_import_paths():
+    """discriminator_map lives in kit.methods.adaptseg_analysis, set_requires_grad in
+    kit.models.utils; both stay importable from kit.methods.adaptseg."""
+    from kit.methods import adaptseg_analysis
+    from kit.methods.adaptseg import discriminator_map, set_requires_grad
+    from kit.models import utils
+
+    assert discriminator_map is adaptseg.discriminator_map is adaptseg_analysis.discriminator_map
+    assert set_requires_grad is adaptseg.set_requires_grad is utils.set_requires_grad
+    assert all(hasattr(adaptseg, name) for name in adaptseg.__all__)
+    with pytest.raises(AttributeError):
+        adaptseg.no_such_name  # noqa: B018

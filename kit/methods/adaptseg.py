@@ -30,7 +30,8 @@ main one) number the levels the other way round.
 
 Losses (``kit.losses``): :func:`~kit.losses.adv_loss_g`, :func:`~kit.losses.adv_loss_d`,
 :func:`~kit.losses.output_space_input`; ``cfg["gan"] = "lsgan"`` swaps BCE for the
-least-squares loss. Label convention: source = 1, target = 0 (paper Eq. 2).
+least-squares loss. Label convention: source = 1, target = 0 (paper Eq. 2). What a trained D
+sees (:func:`~kit.methods.adaptseg_analysis.discriminator_map`): :mod:`kit.methods.adaptseg_analysis`.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from ..config import variant as config_variant
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
 from ..models import FCDiscriminator
+from ..models.utils import set_requires_grad  # generic; its old home was here (still importable)
 from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
@@ -71,17 +73,6 @@ def level_weights(cfg: Mapping[str, Any]) -> dict[str, float]:
     """lambda_adv^i per adapted output key, in the paper's naming (main = layer4, aux = layer3)."""
     w = {"out": float(cfg["lambda_adv"]), "aux": float(cfg["lambda_adv_aux"]), "feat": float(cfg["lambda_adv"])}
     return {k: w[k] for k in level_keys(cfg["level"])}
-
-
-def set_requires_grad(modules, flag: bool) -> None:
-    """Freeze (``False``) or unfreeze (``True``) the parameters of one module or a collection of them."""
-    if isinstance(modules, nn.Module):
-        modules = [modules]
-    elif isinstance(modules, Mapping):
-        modules = list(modules.values())
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(flag)
 
 
 def d_input(out: Mapping[str, torch.Tensor], key: str, size, feature_upsample: int = 1) -> torch.Tensor:
@@ -375,26 +366,6 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
     return model, discs, meta
 
 
-@torch.no_grad()
-def discriminator_map(model: nn.Module, disc: nn.Module, images: torch.Tensor, key: str = "out",
-                      feature_upsample: int = 1, upsample: bool = True) -> torch.Tensor:
-    """D's per-location belief that ``images`` produced *source*-like outputs: sigmoid(D(.)) in [0, 1].
-
-    Returns [B,h,w] at D's resolution (1/32 of the input), or at the image size with
-    ``upsample=True`` (nearest, to show D's patches as blocks).
-    """
-    model.eval()
-    disc.eval()
-    dev = next(model.parameters()).device
-    x = images.to(dev)
-    out = model(x)
-    logits = disc(d_input(out, key, x.shape[-2:], feature_upsample)).float()
-    prob = torch.sigmoid(logits)
-    if upsample:
-        prob = nn.functional.interpolate(prob, size=x.shape[-2:], mode="nearest")
-    return prob[:, 0].cpu()
-
-
 # ---------------------------------------------------------------------------------------------
 # `kit train adaptseg` (registered in kit.methods)
 # ---------------------------------------------------------------------------------------------
@@ -416,3 +387,12 @@ def train(cfg: Mapping[str, Any]) -> Path | None:
         save_checkpoint(path, state, meta)
     distributed.barrier()
     return path if distributed.is_main() else None
+
+
+def __getattr__(name: str):
+    """``discriminator_map`` lives in :mod:`kit.methods.adaptseg_analysis` (imported on use)."""
+    if name == "discriminator_map":
+        from . import adaptseg_analysis
+
+        return adaptseg_analysis.discriminator_map
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,15 +15,15 @@ from .pspnet import PSPNet, PyramidPooling
 from .resnet import BasicBlock, Bottleneck, ResNet, load_pretrained, resnet
 from .unet import UNet
 from .unet_fullres import UNetFullRes  # noqa: F401  (DDeP: U-Net with a full-resolution input skip)
-from .utils import (InputNorm, count_flops, count_parameters, freeze, param_groups_from, unfreeze,
-                    upsample_like)
+from .utils import (InputNorm, count_flops, count_parameters, freeze, param_groups_from, set_requires_grad,
+                    unfreeze, upsample_like)
 
 __all__ = [
     "ResNet", "BasicBlock", "Bottleneck", "resnet", "load_pretrained",
     "ASPPClassifier", "DeepLabV2", "FCDiscriminator", "PSPNet", "PyramidPooling", "UNet",
     "DSBatchNorm2d", "convert_to_dsbn", "use_domain", "set_domain", "get_domain", "dsbn_modules",
     "InputNorm", "upsample_like", "count_parameters", "count_flops", "freeze", "unfreeze",
-    "param_groups_from", "SEGMENTERS", "build_segmenter",
+    "set_requires_grad", "param_groups_from", "SEGMENTERS", "build_segmenter",
 ]
 
 SEGMENTERS = {"deeplabv2": DeepLabV2, "pspnet": PSPNet, "unet": UNet}

@@ -6,7 +6,8 @@
 * :func:`param_groups_from` - builds the ``param_groups()`` list (backbone x1, head x10).
 * :func:`count_parameters`, :func:`count_flops` - model size and cost (CDCL "no extra
   inference cost" claim, benchmarks).
-* :func:`freeze` / :func:`unfreeze` - stop / restart gradients of a module (DDeP).
+* :func:`freeze` / :func:`unfreeze` - stop / restart gradients of a module (DDeP);
+  :func:`set_requires_grad` - the same over one module or a collection of them (AdaptSegNet's D).
 * :func:`make_teacher` - a frozen copy of a model in eval mode (DAS3's pseudo-labeller and teacher).
 * :func:`ema_alpha_at` / :func:`ema_update` - the EMA teacher (DAS3's ATP stage 3).
 * :func:`reestimate_bn` - BatchNorm statistics recomputed on other images, "AdaBN" (DAS3's reference).
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,8 +27,8 @@ from ..machine import autocast
 
 __all__ = [
     "upsample_like", "InputNorm", "check_image", "param_groups_from",
-    "count_parameters", "count_flops", "freeze", "unfreeze", "INPUT_NORMS", "ema_alpha_at", "ema_update",
-    "make_teacher", "reestimate_bn",
+    "count_parameters", "count_flops", "freeze", "unfreeze", "set_requires_grad", "INPUT_NORMS", "ema_alpha_at",
+    "ema_update", "make_teacher", "reestimate_bn",
 ]
 
 # name -> (mean, std, scale, to_bgr); the image is first multiplied by `scale`.
@@ -210,6 +211,29 @@ def unfreeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(True)
     return module
+
+
+def set_requires_grad(modules, flag: bool) -> None:
+    """Freeze (``False``) or unfreeze (``True``) the parameters of one module or a collection of them.
+
+    :func:`freeze` / :func:`unfreeze` with the flag as an argument, over one module, a sequence
+    or the values of a mapping (AdaptSegNet freezes its discriminators ``{key: D}`` for G's step).
+
+    >>> discs = {"out": nn.Conv2d(2, 1, 1), "aux": nn.Conv2d(2, 1, 1)}
+    >>> set_requires_grad(discs, False)
+    >>> any(p.requires_grad for d in discs.values() for p in d.parameters())
+    False
+    >>> set_requires_grad(discs["out"], True)
+    >>> [all(p.requires_grad for p in d.parameters()) for d in discs.values()]
+    [True, False]
+    """
+    if isinstance(modules, nn.Module):
+        modules = [modules]
+    elif isinstance(modules, Mapping):
+        modules = list(modules.values())
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
 
 
 def make_teacher(model: nn.Module) -> nn.Module:
