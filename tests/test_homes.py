@@ -87,3 +87,12 @@ def test_das3_siblings_are_the_old_names():
         assert getattr(das3, name) is getattr(das3_scan, name)
     for name in das3_cache.__all__:
         assert getattr(das3, name) is getattr(das3_cache, name)
+
+
+def test_ddep_moved_pieces_are_the_old_names():
+    from kit.data import subsets
+    from kit.methods import ddep_analysis
+
+    for mod in (subsets, ddep_analysis):
+        for name in mod.__all__:
+            assert getattr(ddep, name) is getattr(mod, name)

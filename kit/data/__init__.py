@@ -1,6 +1,7 @@
 """Data: the toy world, real-dataset readers (:mod:`kit.data.real`), joint transforms,
-label spaces, image mixing (:mod:`kit.data.mixing`, ClassMix) and dataset wrappers
-(:mod:`kit.data.wrappers`: :class:`Unlabeled`, alias ``ImagesOnly``).
+label spaces, image mixing (:mod:`kit.data.mixing`, ClassMix), dataset wrappers
+(:mod:`kit.data.wrappers`: :class:`Unlabeled`, alias ``ImagesOnly``) and labeled subsets
+for semi-supervised training (:mod:`kit.data.subsets`: seeded, nested label fractions).
 
 :func:`make_da_datasets` gives the four datasets of a domain-adaptation experiment
 (source/target x train/val) from a config: the toy world by default, or the real

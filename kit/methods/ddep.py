@@ -16,8 +16,10 @@ U-Net decoder with skips, a 1x1 output projection ``head``).
   blocks, head) is pretrained by denoising.
 * **Fine-tuning** (:func:`finetune`): swap the head for a C-class classifier
   (:meth:`UNet.replace_head`), keep the pretrained body, train everything with
-  cross-entropy on a labeled fraction of the images (:func:`label_subset`: seeded and
-  nested, so the 5% set contains the 2% set).
+  cross-entropy on a labeled fraction of the images (:func:`kit.data.subsets.label_subset`:
+  seeded and nested, so the 5% set contains the 2% set).
+* Looking at trained models (denoised images, the frozen encoder's hash):
+  :mod:`kit.methods.ddep_analysis`.
 
 Supervised encoder stand-in. The paper initialises the encoder from ImageNet-21K
 classification. Here (unless ``cfg["pretrained"]`` gives a torchvision ImageNet file) the
@@ -32,7 +34,6 @@ defines it (including the key of the model it starts from).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,9 +43,11 @@ from torch.utils.data import Dataset
 from .. import losses
 from ..cache import cache_name, load_or_train, model_key
 from ..data import make_da_datasets
+from ..data.subsets import RepeatTo, label_fraction_sets, label_subset  # noqa: F401  (re-exported: their old home)
 from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
 from ..models import UNet, UNetFullRes
+from .ddep_analysis import denoise_images, encoder_digest  # noqa: F401  (re-exported: their old home)
 from .supervised import supervised_step
 
 __all__ = ["INITS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
@@ -58,53 +61,6 @@ INITS = ("random", "supervised", "dep", "ddep")
 # Defaults and sections of every field: kit.methods.defaults (METHODS["ddep"]).
 
 # ----------------------------------------------------------------------------------
-# Data helpers
-# ----------------------------------------------------------------------------------
-class RepeatTo(Dataset):
-    """The items ``indices`` of ``dataset``, cycled to at least ``min_len`` items (so a 1% set of a
-    small split still fills a batch); ``len(unique)`` stays the number of labeled images."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int], min_len: int = 1):
-        if not len(indices):
-            raise ValueError("RepeatTo needs at least one index")
-        self.dataset, self.unique = dataset, list(indices)
-        reps = max(1, math.ceil(min_len / len(self.unique)))
-        self.indices = self.unique * reps
-        self.num_classes = getattr(dataset, "num_classes", None)
-        self.classes = getattr(dataset, "classes", None)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.dataset[self.indices[i]]
-
-
-def label_subset(n: int, fraction: float, seed: int = 0) -> list[int]:
-    """The indices of the labeled images for a label ``fraction`` of a split of ``n`` images.
-
-    The first ``max(1, round(fraction * n))`` entries of a permutation seeded by ``seed``,
-    so subsets are reproducible and *nested*: for one seed the 5% set contains the 2% set.
-
-    >>> a, b = label_subset(1000, 0.02, 0), label_subset(1000, 0.05, 0)
-    >>> len(a), len(b), set(a) <= set(b)
-    (20, 50, True)
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not 0 < float(fraction) <= 1:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction!r}")
-    k = max(1, int(round(float(fraction) * n)))
-    g = torch.Generator().manual_seed(1_000_003 * int(seed) + 12345)
-    return torch.randperm(n, generator=g)[:k].tolist()
-
-
-def label_fraction_sets(n: int, fractions: Sequence[float], seed: int = 0) -> dict[float, list[int]]:
-    """``{fraction: indices}`` for every fraction (nested, see :func:`label_subset`)."""
-    return {float(f): label_subset(n, f, seed) for f in fractions}
-
-
-# ----------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------
 def build_unet(cfg: Mapping[str, Any], out_channels: int, imagenet: bool = False) -> UNet:
@@ -116,17 +72,6 @@ def build_unet(cfg: Mapping[str, Any], out_channels: int, imagenet: bool = False
     return cls(out_channels, depth=cfg["depth"], width=cfg["width"], decoder_width=cfg["decoder_width"],
                 transformer_layers=cfg["transformer_layers"], transformer_heads=cfg["transformer_heads"],
                 pretrained=cfg.get("pretrained") if imagenet else None, head_lr_mult=cfg["head_lr_mult"])
-
-
-def encoder_digest(model: UNet) -> str:
-    """A hash of every encoder tensor (weights *and* BatchNorm buffers), to check "bit-identical"."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.encoder.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _engine(cfg, model, step, data, iters, batch_size, lr, seed, desc, eval_fn=None, eval_every=0):
@@ -337,27 +282,6 @@ def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: i
     model.load_state_dict(state["model"])
     model.eval()
     return model, meta
-
-
-@torch.no_grad()
-def denoise_images(model: UNet, images: torch.Tensor, sigma: float, target: str = "noise", scaled: bool = True,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """Run a denoising-pretrained model on ``images`` [B,3,H,W] in [0, 1] at noise ``sigma``.
-
-    Returns [0, 1]-scale tensors ``noisy``, ``denoised`` (the clean image implied by the
-    prediction) and the raw ``pred`` and true ``eps`` (noise scale), plus the mse of both.
-    """
-    model.eval()
-    dev = next(model.parameters()).device
-    x = losses.to_signed(images.to(dev).float())
-    g = torch.Generator().manual_seed(seed)
-    eps = torch.randn(x.shape, generator=g).to(dev)
-    x_noisy, _ = losses.noisy_image(x, sigma, eps, scaled=scaled)
-    pred = model(losses.from_signed(x_noisy))["out"].float()
-    x_hat = losses.denoised_estimate(x_noisy, pred, sigma, target, scaled)
-    return {"noisy": losses.from_signed(x_noisy).clamp(0, 1), "denoised": losses.from_signed(x_hat).clamp(0, 1),
-            "pred": pred, "eps": eps, "mse_noisy": float(((x_noisy - x) ** 2).mean()),
-            "mse_denoised": float(((x_hat - x) ** 2).mean())}
 
 
 # ----------------------------------------------------------------------------------
