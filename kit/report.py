@@ -164,6 +164,11 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
                 table, note = _over_seeds(table, *PER_SEED[nb]), ", mean ± sd over seeds"
             sections += ["", f"**Paper vs here** (`{PAPER_TABLES[nb]}`{note})", ""]
             sections += _table(table)
+        recipe = m["results"].get("recipe_check")
+        if recipe:
+            sections += ["", "**Recipe check on a tuning split** (the value the target's test split, used by no "
+                         "claim, would pick next to the default; `kit.recipes`)", ""]
+            sections += _table([recipe] if isinstance(recipe, dict) else recipe)   # one row, or one per parameter
     sections += _reproduced(base)
     head = [
         f"# Results at the `{profile}` profile",

@@ -162,3 +162,20 @@ def test_summary_leaves_out_the_seeds_a_cell_did_not_run():
     t = table({"a": [3.0, float("nan"), 5.0], "b": [float("nan")] * 3})
     rows = summary(t, {}, ["a", "b"])
     assert rows == [{"cell": "a", "paper": None, "here mIoU": 4.0, "sd": 1.41, "seeds": 2}]
+
+
+def test_results_page_shows_the_recipe_check(tmp_path):
+    from kit.report import results_page
+
+    d = tmp_path / "full" / "01_adaptsegnet"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "notebook": "01_adaptsegnet", "profile": "full", "seeds": [0], "runtime_s": 1.0, "claims": [],
+        "results": {"recipe_check": [{"parameter": "lambda_adv", "default": 0.01, "chosen on the tuning split": 0.04,
+                                      "agrees with the default": False}]}}))
+    page = results_page("full", tmp_path)
+    assert "**Recipe check on a tuning split**" in page and "| lambda_adv | 0.01 | 0.04 | False |" in page
+    one = json.loads((d / "metrics.json").read_text())
+    one["results"]["recipe_check"] = one["results"]["recipe_check"][0]   # recorded as one row (a dict)
+    (d / "metrics.json").write_text(json.dumps(one))
+    assert "| lambda_adv | 0.01 | 0.04 | False |" in results_page("full", tmp_path)
