@@ -105,3 +105,24 @@ def test_data_rejects_one_dataset():
     e = experiments.get("cdcl/main")
     with pytest.raises(ValueError, match="two or three"):
         e.data(e.config("smoke", datasets=["city_a"]))
+
+
+def test_length_experiment_trains_every_model_longer(monkeypatch):
+    """cdcl/length: the main table's cells with iters and ft_iters times LONG (the notebook's 8b)."""
+    from kit.experiments import cdcl as ex
+    from kit.methods import cdcl as m
+
+    seen = []
+
+    class R:
+        miou = 1.0
+
+    monkeypatch.setattr(m, "load_or_train_cdcl", lambda cfg, kind, names, seed, ds, init=None, verbose=True:
+                        seen.append((kind, cfg["iters"], cfg["ft_iters"])) or ("model", {}))
+    monkeypatch.setattr(m, "evaluate_cdcl", lambda model, kind, names, ds, cfg: {n: R() for n in names})
+    exp = experiments.get("cdcl/length")
+    cfg = exp.config("smoke")
+    exp.run(cfg, seeds=[0])
+    assert {k for k, _, _ in seen} == {"single", "finetune", "remap", "dat"}
+    assert all(it == ex.LONG * cfg.iters and ft == ex.LONG * cfg.ft_iters for _, it, ft in seen)
+    assert [c.id for c in exp.claims] == ["C2", "C3"]

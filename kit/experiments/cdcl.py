@@ -43,13 +43,25 @@ def _row(per) -> dict:
     return {"miou": sum(per.values()) / len(per), **{PER + n: v for n, v in per.items()}}
 
 
-def method_cell(name: str, kind: str) -> Cell:
+def longer(cfg, mult: int):
+    """``cfg`` with every model trained ``mult`` times longer: ``iters`` and ``ft_iters`` (the
+    notebook's length diagnosis, section 8b)."""
+    from ..config import Config
+
+    if mult == 1:
+        return cfg
+    return Config({**cfg, "iters": mult * int(cfg["iters"]), "ft_iters": mult * int(cfg["ft_iters"] or cfg["iters"])})
+
+
+def method_cell(name: str, kind: str, mult: int = 1) -> Cell:
     """The notebook's models of one method, seed ``seed``, evaluated with ``evaluate_cdcl``:
     single / fine-tuned models, one per dataset (fine-tuned from the second dataset for the
-    first, from the first for the others); label remapping / DAT, one model on all datasets."""
+    first, from the first for the others); label remapping / DAT, one model on all datasets.
+    ``mult``: every model trained that many times longer (:func:`longer`)."""
     def run(cfg, seed, ds):
         from ..methods.cdcl import evaluate_cdcl, load_or_train_cdcl
 
+        cfg = longer(cfg, mult)
         names = list(cfg["datasets"])
         if kind in ("remap", "dat"):
             model, _ = load_or_train_cdcl(cfg, kind, names, seed, ds, verbose=False)
@@ -100,4 +112,14 @@ MAIN = register(Experiment(
     id="cdcl/main", paper=PAPER, notebook="04_cdcl", method="cdcl",
     reference="main table (single-dataset, fine-tuning, label remapping, DAT + DAB; all datasets)",
     cells=tuple(method_cell(m, k) for m, k in zip(METHODS, ("single", "finetune", "remap", "dat"))),
+    claims=(C2, C3), data=data))
+
+#: how many times longer the length diagnosis trains every model
+LONG = 4
+
+LENGTH = register(Experiment(
+    id="cdcl/length", paper=PAPER, notebook="04_cdcl", method="cdcl",
+    reference=f"diagnosis of C2/C3 (not in the paper): the main table with every model trained {LONG}x longer "
+              "(iters and ft_iters), the notebook's section 8b",
+    cells=tuple(method_cell(m, k, LONG) for m, k in zip(METHODS, ("single", "finetune", "remap", "dat"))),
     claims=(C2, C3), data=data))
