@@ -126,3 +126,4 @@ def test_length_experiment_trains_every_model_longer(monkeypatch):
     assert {k for k, _, _ in seen} == {"single", "finetune", "remap", "dat"}
     assert all(it == ex.LONG * cfg.iters and ft == ex.LONG * cfg.ft_iters for _, it, ft in seen)
     assert [c.id for c in exp.claims] == ["C2", "C3"]
+    assert not exp.decides and experiments.get("cdcl/main").decides   # a diagnosis, not the notebook's C2/C3

@@ -76,7 +76,7 @@ def check_reproduce_agrees(notebook: str, data: dict, cache: Path, runs: Path) -
     nb_claims = {c["id"]: c for c in data["claims"]}
     for i in experiments.ids():
         e = experiments.get(i)
-        if e.notebook != notebook:
+        if e.notebook != notebook or not e.decides:   # a diagnosis (e.g. cdcl/length) runs outside the notebook
             continue
         m = load_metrics(experiments.reproduce(i, "smoke", {"cache_dir": str(cache)}, runs_dir=runs, log=None))
         for c in m["claims"]:

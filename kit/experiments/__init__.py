@@ -75,6 +75,9 @@ class Experiment:
     claims: tuple[Claim, ...] = ()
     data: Callable[[Any], Any] = field(default=lambda cfg: None)
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: True when the notebook decides its own claims (same ids) on this table; False for a
+    #: diagnosis whose claims are the paper's tested under changed conditions (e.g. 4x longer)
+    decides: bool = True
 
     def config(self, profile: str = "quick", **params: Any):
         """The experiment's config: ``kit.config.resolve(profile, method, **params)`` (unknown

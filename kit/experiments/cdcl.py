@@ -122,4 +122,4 @@ LENGTH = register(Experiment(
     reference=f"diagnosis of C2/C3 (not in the paper): the main table with every model trained {LONG}x longer "
               "(iters and ft_iters), the notebook's section 8b",
     cells=tuple(method_cell(m, k, LONG) for m, k in zip(METHODS, ("single", "finetune", "remap", "dat"))),
-    claims=(C2, C3), data=data))
+    claims=(C2, C3), data=data, decides=False))
