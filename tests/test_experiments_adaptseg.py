@@ -27,11 +27,13 @@ def test_table1_cells_paper_numbers_and_claims():
 
 
 def test_sweep_runs_on_the_sweep_seeds():
-    from kit.experiments.adaptseg import SweepExperiment
+    from kit.experiments.adaptseg import sweep_seeds
 
     seen = []
-    e = SweepExperiment("t/sweep", "P", "T", "01_x", "adaptseg",
-                        (experiments.Cell("x", lambda cfg, seed, d: seen.append(seed) or {"miou": 0.0}),))
+    e = experiments.Experiment("t/sweep", "P", "T", "01_x", "adaptseg",
+                               (experiments.Cell("x", lambda cfg, seed, d: seen.append(seed) or {"miou": 0.0}),),
+                               seeds=sweep_seeds)
+    assert experiments.get("adaptseg/lambda_sweep").seeds is sweep_seeds
     e.run(e.config("smoke", seeds=[3, 4]))                      # no sweep_seeds: the first seed
     e.run(e.config("smoke", seeds=[3, 4], sweep_seeds=[4, 5]))
     e.run(e.config("smoke", seeds=[3, 4]), seeds=[7])           # explicit seeds win

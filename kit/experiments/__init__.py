@@ -78,6 +78,9 @@ class Experiment:
     #: True when the notebook decides its own claims (same ids) on this table; False for a
     #: diagnosis whose claims are the paper's tested under changed conditions (e.g. 4x longer)
     decides: bool = True
+    #: the seeds a run takes by default: ``seeds(cfg)``; None means ``cfg.seeds`` (e.g. a sweep
+    #: runs on the notebook's sweep seeds)
+    seeds: Callable[[Any], Sequence[int]] | None = None
 
     def config(self, profile: str = "quick", **params: Any):
         """The experiment's config: ``kit.config.resolve(profile, method, **params)`` (unknown
@@ -89,10 +92,13 @@ class Experiment:
     def run(self, cfg, seeds: Sequence[int] | None = None, cells: Sequence[str] | None = None,
             log: Callable[[str], None] | None = None):
         """The result table (pandas DataFrame: ``cell``, ``seed``, ``miou``, ...) over ``seeds``
-        (default ``cfg.seeds``) and ``cells`` (default all), in the order seed-major."""
+        (default: the experiment's ``seeds(cfg)``, else ``cfg.seeds``) and ``cells`` (default all),
+        in the order seed-major."""
         import pandas as pd
 
-        seeds = list(cfg["seeds"] if seeds is None else seeds)
+        if seeds is None:
+            seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
+        seeds = list(seeds)
         chosen = self.cells if cells is None else tuple(self.cell(c) for c in cells)
         data = self.data(cfg)
         rows = []

@@ -63,13 +63,9 @@ def sweep_space(name: str, level: str) -> Cell:
     return Cell(name, run)
 
 
-class SweepExperiment(Experiment):
-    """An experiment run on the sweep seeds (``cfg.sweep_seeds``, else the first seed), as the notebook's sweep."""
-
-    def run(self, cfg, seeds=None, cells=None, log=None):
-        if seeds is None:
-            seeds = list(cfg.sweep_seeds) if cfg.sweep_seeds else list(cfg.seeds[:1])
-        return super().run(cfg, seeds, cells, log)
+def sweep_seeds(cfg) -> list[int]:
+    """The notebook's sweep seeds: ``cfg.sweep_seeds``, else the first seed."""
+    return list(cfg.sweep_seeds) if cfg.sweep_seeds else list(cfg.seeds[:1])
 
 
 def c1_effects(table):
@@ -109,8 +105,8 @@ MAIN = register(Experiment(
            adapted("single-level LS-GAN", 44.1, level="single", gan="lsgan")),
     claims=(C1, C2, C4), data=data))
 
-LAMBDA_SWEEP = register(SweepExperiment(
+LAMBDA_SWEEP = register(Experiment(
     id="adaptseg/lambda_sweep", paper=PAPER, notebook="01_adaptsegnet", method="adaptseg",
     reference="sensitivity figure (λ_adv sweep: single-level output space vs feature space)",
     cells=tuple(sweep_space(name, level) for name, level in SPACES.items()),
-    claims=(C3,), data=data))
+    claims=(C3,), data=data, seeds=sweep_seeds))
