@@ -264,3 +264,34 @@ def test_moved_pieces_keep_their_old_import_paths():
     assert all(hasattr(adaptseg, name) for name in adaptseg.__all__)
     with pytest.raises(AttributeError):
         adaptseg.no_such_name  # noqa: B018
+
+
+def test_class_proportions_of_labels_and_of_predictions():
+    """C3's diagnosis helpers: label shares leave ignored pixels out; a model's shares count
+    its argmax over every pixel; the gap is the total-variation distance in points."""
+    from kit.methods.adaptseg_analysis import class_proportions, proportion_gap
+
+    y0 = torch.tensor([[0, 0], [1, 255]])
+    y1 = torch.tensor([[2, 2], [2, 0]])
+    ds = [(torch.zeros(3, 2, 2), y0), (torch.zeros(3, 2, 2), y1)]
+    p = class_proportions(ds, 3, batch_size=1)
+    assert p.tolist() == pytest.approx([3 / 7, 1 / 7, 3 / 7])
+
+    class Always2(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            out[:, 2] = 1.0
+            return {"out": out + self.w}
+
+    q = class_proportions(ds, 3, model=Always2())
+    assert q.tolist() == [0.0, 0.0, 1.0]
+    assert proportion_gap(p, q) == pytest.approx(100 * 4 / 7)
+    assert proportion_gap(p, p) == 0.0
+    with pytest.raises(ValueError, match="different lengths"):
+        proportion_gap(p, q[:2])
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_proportions([(torch.zeros(3, 1, 1), torch.tensor([[255]]))], 3)

@@ -88,3 +88,30 @@ def test_one_seed_is_undecided():
     t = table({"source-only": [30], "single-level": [40], "multi-level": [41]})
     effects = experiments.get(T1).claim("C1").effects(t)
     assert all(e.n == 1 for e in effects.values()) and all_hold(effects.values()) == "undecided"
+
+
+def test_wide_sweep_trains_the_sweep_and_its_continuation(monkeypatch):
+    """adaptseg/lambda_wide (C3's diagnosis): every λ of lambda_sweep then lambda_wide, in both
+    spaces, on the sweep seeds; a diagnosis, so the notebook's own C3 stays the sweep's."""
+    from kit.methods import adaptseg as m
+
+    seen = []
+    monkeypatch.setattr(m, "load_or_train_adaptseg", lambda cfg, seed, ds, verbose=True: seen.append(
+        (cfg["level"], cfg["lambda_adv"], seed)) or (None, None, {"target_eval": {"miou": 100 * cfg["lambda_adv"]}}))
+    exp = experiments.get("adaptseg/lambda_wide")
+    cfg = exp.config("smoke", lambda_sweep=[0.01, 0.02], lambda_wide=[0.04, 0.08])
+    t = exp.run(cfg, seeds=[0])
+    assert seen == [(lv, lam, 0) for lv in ("single", "feature") for lam in (0.01, 0.02, 0.04, 0.08)]
+    assert t.set_index("cell").loc["feature space", "range"] == pytest.approx(7.0)
+    assert (t["wide"] == 2).all() and not exp.decides and experiments.get(SWEEP).decides
+
+
+def test_wide_sweep_claim_is_not_run_without_a_continuation():
+    t = table({"output space (single-level)": [1.0, 1.5], "feature space": [3.0, 4.0]}, value="range")
+    t["wide"] = 0
+    with pytest.raises(ValueError, match="lambda_wide is empty"):
+        experiments.get("adaptseg/lambda_wide").claim("C3").effects(t)
+    t["wide"] = 3
+    effects = experiments.get("adaptseg/lambda_wide").claim("C3").effects(t)
+    assert list(effects) == ["range over the widened sweep, feature − output"]
+    assert effects["range over the widened sweep, feature − output"].mean == pytest.approx(2.25)

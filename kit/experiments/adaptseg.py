@@ -4,6 +4,8 @@
 single-level, multi-level, oracle), with the toy world's λ_adv = 0 control and the official
 code's LS-GAN row; claims C1, C2 and C4. ``adaptseg/lambda_sweep``: the sensitivity figure
 (λ_adv sweep, output vs feature space) on the sweep seeds; claim C3 over each space's range.
+``adaptseg/lambda_wide``: C3's diagnosis, the same sweep continued over ``cfg.lambda_wide``
+(empty at quick, so there its claim is recorded as not run).
 
     >>> from kit import experiments
     >>> [c.name for c in experiments.get("adaptseg/main").cells][:3]
@@ -52,14 +54,17 @@ def adapted(name: str, paper: float | None = None, **changes) -> Cell:
     return Cell(name, run, paper)
 
 
-def sweep_space(name: str, level: str) -> Cell:
-    """One space of the sweep: ``miou`` is the mean over ``cfg.lambda_sweep``, ``range`` max − min."""
+def sweep_space(name: str, level: str, wide: bool = False) -> Cell:
+    """One space of the sweep: ``miou`` is the mean over ``cfg.lambda_sweep`` (and, with
+    ``wide``, ``cfg.lambda_wide`` after it), ``range`` max − min, ``wide`` how many values
+    beyond the sweep there were."""
     def run(cfg, seed, ds):
         from ..methods.adaptseg import load_or_train_adaptseg
 
+        lams = list(cfg.lambda_sweep) + (list(cfg.lambda_wide) if wide else [])
         v = [load_or_train_adaptseg(variant(cfg, "adaptseg", level=level, lambda_adv=lam), seed, ds,
-                                    verbose=False)[2]["target_eval"]["miou"] for lam in cfg.lambda_sweep]
-        return {"miou": sum(v) / len(v), "range": max(v) - min(v)}
+                                    verbose=False)[2]["target_eval"]["miou"] for lam in lams]
+        return {"miou": sum(v) / len(v), "range": max(v) - min(v), "wide": len(lams) - len(cfg.lambda_sweep)}
     return Cell(name, run)
 
 
@@ -79,6 +84,12 @@ def c2_effects(table):
 def c3_effects(table):
     return {"range over the sweep, feature − output": paired(table, "feature space", "output space (single-level)",
                                                               "range")}
+
+
+def c3_wide_effects(table):
+    if not (table["wide"] > 0).all():
+        raise ValueError("no λ_adv beyond the sweep at this profile (lambda_wide is empty; the full profile has it)")
+    return {"range over the widened sweep, feature − output": c3_effects(table)["range over the sweep, feature − output"]}
 
 
 def c4_effects(table):
@@ -110,3 +121,13 @@ LAMBDA_SWEEP = register(Experiment(
     reference="sensitivity figure (λ_adv sweep: single-level output space vs feature space)",
     cells=tuple(sweep_space(name, level) for name, level in SPACES.items()),
     claims=(C3,), data=data, seeds=sweep_seeds))
+
+C3_WIDE = Claim("C3", "Output-space adaptation is less sensitive to λ_adv than feature-space adaptation, over a "
+                "sweep continued to 8x its largest weight (a diagnosis: where does each space break down?)",
+                C3.paper, c3_wide_effects)
+
+LAMBDA_WIDE = register(Experiment(
+    id="adaptseg/lambda_wide", paper=PAPER, notebook="01_adaptsegnet", method="adaptseg",
+    reference="C3's diagnosis: the sensitivity sweep continued beyond its largest λ_adv (lambda_wide)",
+    cells=tuple(sweep_space(name, level, wide=True) for name, level in SPACES.items()),
+    claims=(C3_WIDE,), data=data, seeds=sweep_seeds, decides=False))

@@ -166,11 +166,14 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "eval_items": F(None, "schedule"),      # target val images for the periodic evaluation; None = all
             "lambda_sweep": F([0.0005, 0.001, 0.002, 0.004], "notebook"),  # the paper's lambda_adv sweep
             "sweep_seeds": F(None, "notebook"),     # seeds of the sweep; None = the first seed of `seeds`
+            # C3's diagnosis (01 section 2.2b): the sweep continued beyond its largest value, on the
+            # sweep seeds (the paper's doubling continued); empty = not run (quick: 01 fits 6 min without it)
+            "lambda_wide": F([0.008, 0.016, 0.032], "notebook"),
         },
         "common": {},
         "smoke": {"init": "source_only", "bn_frozen": True, "iters": 3, "lr": 5e-4, "d_width": 8, "d_lr": 2e-4,
                   "lambda_adv": 0.01, "lambda_adv_aux": 0.002, "feature_upsample": 8, "eval_every": 2,
-                  "eval_items": 8, "lambda_sweep": [0.01, 0.02]},
+                  "eval_items": 8, "lambda_sweep": [0.01, 0.02], "lambda_wide": [0.04]},
         # The toy world: G starts from the cached source-only model and is fine-tuned for a short
         # schedule with Adam (the optimizer the baseline was trained with) at a low learning rate,
         # BatchNorm frozen as in the paper's DeepLab-v2; adversarial weights and sweep x10; D as wide
@@ -179,8 +182,8 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"init": "source_only", "bn_frozen": True, "iters": 100, "batch_size": 8, "lr": 1e-4,
                   "d_width": 16, "d_lr": 2e-4, "lambda_adv": 0.01, "lambda_adv_aux": 0.002,
                   "lambda_sweep": [0.005, 0.01, 0.02, 0.04], "feature_upsample": 4, "eval_every": 25,
-                  "eval_items": 100, "log_every": 10},
-        "full": {"sweep_seeds": FULL_SEEDS},
+                  "eval_items": 100, "log_every": 10, "lambda_wide": []},
+        "full": {"sweep_seeds": FULL_SEEDS, "lambda_wide": [0.08, 0.16, 0.32]},
         # paper: the official code's BatchNorm regime (affine frozen, batch statistics) in the
         # source-only model and in G, not DeepLab-v2's eval-mode frozen BN of the other papers
         "paper": {"iters": 250000, "max_iters": 150000, "batch_size": 1, "eval_every": 5000,
