@@ -14,6 +14,8 @@ the cached models it starts from. No method keeps a list of fields of its own.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -25,7 +27,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 __all__ = ["config_hash", "model_key", "data_identity", "content_fingerprint", "cache_name", "runs_root", "cache_root", "atomic_write_bytes", "save_checkpoint", "load_checkpoint",
-           "checkpoint_exists", "load_or_train", "CheckpointError"]
+           "checkpoint_exists", "load_or_train", "bypassed", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
@@ -255,6 +257,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state, record.get("meta", {})
 
 
+#: False inside :func:`bypassed`: load_or_train neither reads nor writes the cache
+_USE_CACHE: contextvars.ContextVar[bool] = contextvars.ContextVar("kit_use_cache", default=True)
+
+
+@contextlib.contextmanager
+def bypassed():
+    """Within the block, :func:`load_or_train` trains every model afresh and saves none:
+    ``kit train`` runs a method's whole pipeline this way (also under ``torchrun``, whose
+    global batch the cache keys do not record), leaving the notebooks' cache untouched.
+
+        >>> with bypassed():
+        ...     state, meta = load_or_train("demo", {"a": 1}, lambda: ({}, {"n": 1}), verbose=False)
+        >>> meta["cached"], meta["n"]
+        (False, 1)
+    """
+    token = _USE_CACHE.set(False)
+    try:
+        yield
+    finally:
+        _USE_CACHE.reset(token)
+
+
 def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]],
                   cache_dir: str | os.PathLike | None = None, force: bool = False,
                   verbose: bool = True) -> tuple[dict, dict]:
@@ -264,10 +288,14 @@ def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tupl
     JSON-serialisable dict (e.g. the training history). The key is
     ``<name>-<hash(config)>``, so any change of configuration trains anew. A cached
     checkpoint that fails its integrity check is reported and trained again (the bad
-    files are kept aside with a ``.corrupt`` suffix, not deleted).
+    files are kept aside with a ``.corrupt`` suffix, not deleted). Inside :func:`bypassed` it
+    always trains and saves nothing.
     """
-    root = cache_root(cache_dir)
     key = cache_name(name, config)
+    if not _USE_CACHE.get():
+        state, meta = train()
+        return dict(state), {**meta, "config": dict(config), "key": key, "cached": False}
+    root = cache_root(cache_dir)
     path = root / f"{key}.pt"
     if not force and path.exists():
         try:

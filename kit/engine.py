@@ -344,6 +344,23 @@ class Engine:
                 if any(p.requires_grad for p in m.parameters()):
                     self.modules[k] = _DDP(m, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
+    #: the config fields every method's Engine takes unchanged (:meth:`from_config`)
+    CONFIG_FIELDS = ("poly_power", "device", "amp", "channels_last", "log_every", "progress", "num_workers")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], modules: Mapping[str, nn.Module],
+                    optimizers: Mapping[str, torch.optim.Optimizer], step: StepFn, data: Mapping[str, Dataset], *,
+                    seed: int, batch_size: int | Mapping[str, int] | None = None, iters: int | None = None,
+                    **kw: Any) -> "Engine":
+        """A method's Engine from its resolved config: ``batch_size`` and ``iters`` default to
+        the config's, the machine and logging fields (:attr:`CONFIG_FIELDS`) come from it, and
+        ``kw`` (``max_iters``, ``eval_fn``, ``eval_every``, ``desc``, ...) passes through,
+        overriding a config field where it names one."""
+        opts = {f: cfg[f] for f in cls.CONFIG_FIELDS}
+        opts.update(kw)
+        return cls(modules, optimizers, step, data, cfg["batch_size"] if batch_size is None else batch_size,
+                   int(cfg["iters"] if iters is None else iters), seed=seed, **opts)
+
     @property
     def is_main(self) -> bool:
         """True on the process that logs, evaluates and saves (always, without distribution)."""

@@ -23,18 +23,26 @@ method             what one call fits                                     ``spec
 ``ddep``           a fine-tuned U-Net from ``init`` on ``fraction``       ``init``, ``fraction`` (required)
 =================  =====================================================  =================================
 
+``kit train NAME`` is :func:`train`: the same ``fit`` for the config's first seed, inside
+:func:`kit.cache.bypassed`, so every model of the pipeline trains afresh (also under
+``torchrun``) and the notebooks' cache is left alone; rank 0 saves ``<run_dir>/NAME.pt``.
+
     >>> from kit.fit import METHODS
     >>> METHODS
     ('source_only', 'oracle', 'adaptseg', 'das3', 'ripu', 'cdcl', 'ddep')
+    >>> sorted(TRAINERS)[:3]
+    ['adaptseg', 'cdcl', 'das3']
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
-__all__ = ["METHODS", "Fitted", "fit"]
+__all__ = ["METHODS", "TRAINERS", "Fitted", "fit", "train", "Trainer"]
 
 METHODS = ("source_only", "oracle", "adaptseg", "das3", "ripu", "cdcl", "ddep")
 #: the ``spec`` names each method accepts, and which of them are required
@@ -132,3 +140,75 @@ def _fit_das3(cfg, seed, data, stage: int, verbose: bool) -> Fitted:
                                         verbose=verbose)
         metas[s], key = meta, meta["key"]
     return Fitted("das3", model, metas[stage], {"stages": metas})
+
+
+#: ``kit train NAME`` -> the method :func:`fit` runs (its ``spec`` from the config, :func:`_train_spec`)
+TRAINERS = {"supervised": "source_only", "oracle": "oracle", "adaptseg": "adaptseg", "das3": "das3",
+            "ripu": "ripu", "cdcl": "cdcl", "ddep": "ddep"}
+
+
+def _train_spec(method: str, cfg: Mapping[str, Any]) -> dict:
+    if method == "ddep":   # the paper's pipeline: DDeP pretraining, fine-tuned on cfg.fraction of the labels
+        return {"init": "ddep", "fraction": float(cfg["fraction"])}
+    return {}
+
+
+def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
+    """``kit train NAME``: the model :func:`fit` gives for ``cfg`` and its first seed, every model
+    it starts from trained afresh (:func:`kit.cache.bypassed`), saved by rank 0 as
+    ``<run_dir>/NAME.pt`` (:func:`kit.cache.save_checkpoint`). The state holds ``model``, the
+    discriminators as ``d_<level>`` (AdaptSegNet) and any tensor the method records (RIPU's
+    ``round_map``); the JSON beside it the method's meta (``history``, its evaluations; the
+    baselines' ``target_eval`` on the target val split), the
+    resolved ``config``, ``seed``, ``world_size`` and ``global_batch_size``. Returns the path on
+    rank 0, None on the other ranks."""
+    from . import distributed
+    from .cache import bypassed, save_checkpoint
+    from .methods import train_output_path
+
+    if name not in TRAINERS:
+        raise ValueError(f"unknown trainer {name!r}; kit.fit.train knows {', '.join(sorted(TRAINERS))}")
+    method, seed = TRAINERS[name], int(cfg["seeds"][0])
+    data = None
+    if method in ("source_only", "oracle"):   # the baselines' fit has no evaluation: evaluate here
+        from .data import make_da_datasets
+
+        data = make_da_datasets(cfg)
+    with bypassed():
+        fitted = fit(method, cfg, seed, data, verbose=distributed.is_main(), **_train_spec(method, cfg))
+    if data is not None and data.get("target_val") is not None:
+        from .evaluation import evaluate
+
+        fitted.meta["target_eval"] = evaluate(fitted.model, data["target_val"], batch_size=cfg["eval_batch_size"],
+                                              amp=cfg["amp"]).as_dict()
+    state: dict[str, Any] = {"model": fitted.model.state_dict()}
+    state.update({f"d_{k}": d.state_dict() for k, d in fitted.parts.get("discriminators", {}).items()})
+    meta: dict[str, Any] = {}
+    for k, v in fitted.meta.items():
+        if torch.is_tensor(v):
+            state[k] = v
+        elif k not in ("cached", "key", "config"):
+            meta[k] = v
+    if "stages" in fitted.parts:
+        meta["stages"] = {s: m.get("eval") for s, m in fitted.parts["stages"].items()}
+    ws = distributed.world_size()
+    meta.update(method=name, seed=seed, world_size=ws, global_batch_size=int(cfg["batch_size"]) * ws,
+                config=dict(cfg), **_train_spec(method, cfg))
+    if method == "cdcl":
+        meta["datasets"] = list(cfg["datasets"])
+    path = train_output_path(cfg, name)
+    if distributed.is_main():
+        save_checkpoint(path, state, meta)
+    distributed.barrier()
+    return path if distributed.is_main() else None
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """``kit train NAME``'s callable (``Trainer(name)(cfg)`` is :func:`train`), as registered in
+    :mod:`kit.methods`."""
+
+    name: str
+
+    def __call__(self, cfg: Mapping[str, Any]) -> Path | None:
+        return train(self.name, cfg)

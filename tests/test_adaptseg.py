@@ -218,7 +218,9 @@ def test_smoke_train_is_cached_and_d_map_is_a_probability(tmp_path):
 def test_registered_for_kit_train():
     from kit import methods
 
-    assert methods.get("adaptseg") is adaptseg.train
+    from kit.fit import Trainer
+
+    assert methods.get("adaptseg") == Trainer("adaptseg")
     assert methods.config_method("adaptseg") == "adaptseg"
 
 
@@ -241,8 +243,11 @@ def test_paper_profile_constructs_and_runs_on_cpu(tmp_path):
                   n_train=4, n_val=2, device="cpu", num_workers=0, progress=False, amp="off", frozen_bn=False,
                   run_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
     assert cfg.depth == 101 and cfg.init == "pretrained"
-    path = adaptseg.train(cfg)
     from kit.cache import load_checkpoint
+    from kit.fit import train
+
+    path = train("adaptseg", cfg)
+    assert not (tmp_path / "cache").exists()   # kit train trains afresh and leaves the model cache alone
 
     state, meta = load_checkpoint(path)
     assert set(state) == {"model", "d_aux", "d_out"}

@@ -72,3 +72,57 @@ def test_a_real_fit_trains_once_then_loads(tmp_path):
     assert not again.model.training
     assert list(tmp_path.glob("*.pt"))
     assert fitmod.METHODS[0] == "source_only"
+
+
+def test_kit_train_is_fit_without_the_cache(tmp_path):
+    """`kit train supervised` = fit("source_only") on the first seed with the cache bypassed:
+    it trains though the model is cached, writes nothing to the cache, and saves the model
+    with its meta; a second call trains again (same seed, same weights)."""
+    import torch
+
+    from kit.cache import load_checkpoint
+
+    cfg = resolve("smoke", "supervised", iters=2, n_train=8, n_val=8, seeds=[3], cache_dir=str(tmp_path / "cache"),
+                  run_dir=str(tmp_path / "out"))
+    cached = fit("source_only", cfg, 3)
+    before = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    path = fitmod.train("supervised", cfg)
+    assert path == tmp_path / "out" / "supervised.pt"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before
+    state, meta = load_checkpoint(path)
+    assert set(state) == {"model"} and meta["method"] == "supervised" and meta["seed"] == 3
+    assert meta["world_size"] == 1 and meta["global_batch_size"] == cfg.batch_size and meta["config"]["iters"] == 2
+    assert len(meta["history"]["train"]) == 2 and "cached" not in meta and "key" not in meta
+    assert all(torch.equal(state["model"][k], v) for k, v in cached.model.state_dict().items())  # deterministic
+    with pytest.raises(ValueError, match="unknown trainer 'nope'"):
+        fitmod.train("nope", cfg)
+
+
+def test_kit_train_saves_the_parts_and_tensors(monkeypatch, tmp_path):
+    """AdaptSegNet's discriminators become d_<level> and a tensor in the meta (RIPU's
+    round_map) goes into the state; DAS3 records each stage's evaluation; DDeP fine-tunes
+    DDeP on cfg.fraction."""
+    import torch
+
+    from kit.cache import load_checkpoint
+
+    m = nn.Linear(1, 1)
+    seen = []
+
+    def fake_fit(method, cfg, seed, data=None, verbose=False, **spec):
+        seen.append((method, seed, spec))
+        parts = {"discriminators": {"out": nn.Linear(2, 1)}} if method == "adaptseg" else {}
+        if method == "das3":
+            parts = {"stages": {1: {"eval": {"miou": 1.0}}, 2: {"eval": {"miou": 2.0}}}}
+        return Fitted(method, m, {"history": {"train": []}, "round_map": torch.ones(2), "key": "k", "cached": False},
+                      parts)
+    monkeypatch.setattr(fitmod, "fit", fake_fit)
+    for name in ("adaptseg", "ripu", "das3", "ddep"):
+        cfg = resolve("smoke", name, run_dir=str(tmp_path), seeds=[5])
+        state, meta = load_checkpoint(fitmod.train(name, cfg))
+        assert "model" in state and torch.equal(state["round_map"], torch.ones(2)) and meta["method"] == name
+        if name == "adaptseg":
+            assert set(state) == {"model", "d_out", "round_map"}
+        if name == "das3":
+            assert meta["stages"] == {"1": {"miou": 1.0}, "2": {"miou": 2.0}}
+    assert seen[-1] == ("ddep", 5, {"init": "ddep", "fraction": float(resolve("smoke", "ddep").fraction)})

@@ -4,8 +4,9 @@ A *trainer* is ``train_fn(cfg) -> Path | None``: it trains one model from a reso
 config (:func:`kit.config.resolve`) outside any notebook -- e.g. on several GPUs under
 ``torchrun`` (see :mod:`kit.distributed`) -- and saves it with
 :func:`kit.cache.save_checkpoint` on rank 0, returning the checkpoint path there (``None``
-on the other ranks). Trainers are registered by name; modules are imported lazily, so
-``import kit.methods`` stays cheap::
+on the other ranks). Trainers are registered by name. The kit's own methods all register
+:class:`kit.fit.Trainer` (``kit.fit.train``: the method's :func:`kit.fit.fit`, every model of
+its pipeline trained afresh); a user's may be any callable or a lazy ``"module:function"``::
 
     from kit import methods
     methods.register("mymethod", my_train_fn)
@@ -16,6 +17,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from ..fit import Trainer
 
 __all__ = ["register", "get", "names", "config_method", "train_output_path"]
 
@@ -76,42 +79,8 @@ def train_output_path(cfg: Mapping[str, Any], name: str) -> Path:
     return Path(cfg.get("run_dir") or runs_root() / cfg["profile"] / "train") / f"{name}.pt"
 
 
-def _train_baseline(cfg: Mapping[str, Any], kind: str, name: str) -> Path | None:
-    from .. import distributed
-    from ..cache import save_checkpoint
-    from ..data import make_da_datasets
-    from .supervised import train_supervised
-
-    ds = make_da_datasets(cfg)
-    train_set = ds["source_train"] if kind == "source" else ds["target_train"]
-    seed = int(cfg["seeds"][0])
-    model, history = train_supervised(cfg, train_set, ds["target_val"], seed=seed,
-                                      num_classes=train_set.num_classes, desc=f"{name} seed {seed}")
-    path = train_output_path(cfg, name)
-    if distributed.is_main():
-        meta = {"method": name, "trained_on": kind, "seed": seed, "world_size": distributed.world_size(),
-                "global_batch_size": int(cfg["batch_size"]) * distributed.world_size(),
-                "num_classes": train_set.num_classes, "config": dict(cfg), "history": history.to_dict()}
-        save_checkpoint(path, {"model": model.state_dict()}, meta)
-    distributed.barrier()
-    return path if distributed.is_main() else None
-
-
-def train_source_only(cfg: Mapping[str, Any]) -> Path | None:
-    """Source-only baseline: the config's network on the labelled source (toy world, or GTA5/SYNTHIA
-    with ``data_root``), evaluated on the target val split; saved as ``<run_dir>/supervised.pt``."""
-    return _train_baseline(cfg, "source", "supervised")
-
-
-def train_oracle(cfg: Mapping[str, Any]) -> Path | None:
-    """Target oracle: the same recipe trained on the labelled target; saved as ``<run_dir>/oracle.pt``."""
-    return _train_baseline(cfg, "target", "oracle")
-
-
-register("supervised", train_source_only)
-register("oracle", train_oracle, config="supervised")
-register("adaptseg", "kit.methods.adaptseg:train", config="adaptseg")
-register("cdcl", "kit.methods.cdcl:train", config="cdcl")
-register("ripu", "kit.methods.ripu:train", config="ripu")
-register("ddep", "kit.methods.ddep:train", config="ddep")
-register("das3", "kit.methods.das3:train", config="das3")
+# every method's trainer is kit.fit.train: its cached pipeline (fit), trained afresh and saved
+for _name, _config in (("supervised", None), ("oracle", "supervised"), ("adaptseg", "adaptseg"), ("cdcl", "cdcl"),
+                       ("ripu", "ripu"), ("ddep", "ddep"), ("das3", "das3")):
+    register(_name, Trainer(_name), config=_config)
+del _name, _config

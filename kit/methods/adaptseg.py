@@ -36,14 +36,13 @@ sees (:func:`~kit.methods.adaptseg_analysis.discriminator_map`): :mod:`kit.metho
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import load_or_train, model_key, save_checkpoint
+from ..cache import load_or_train, model_key
 from ..config import Config, inherit
 from ..config import variant as config_variant
 from ..data import make_da_datasets
@@ -54,7 +53,7 @@ from .supervised import baseline_name, build_model, load_or_train_baseline, make
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
            "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "adaptseg_key", "load_or_train_adaptseg",
-           "discriminator_map", "train", "set_requires_grad"]
+           "discriminator_map", "set_requires_grad"]
 
 #: adapted level -> the keys of the network's output dict whose discriminators it trains
 LEVELS: dict[str, tuple[str, ...]] = {"single": ("out",), "multi": ("aux", "out"), "feature": ("feat",)}
@@ -310,13 +309,11 @@ def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str,
                                  max_items=cfg["eval_items"]).miou}
 
     modules: dict[str, nn.Module] = {"model": model, **{f"d_{k}": d for k, d in discs.items()}}
-    eng = Engine(modules, {"model": opt_g, "disc": opt_d}, step,
-                 {"source": ds["source_train"], "target": ds["target_train"]}, cfg["batch_size"], cfg["iters"],
-                 max_iters=cfg["max_iters"], poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
-                 channels_last=cfg["channels_last"], seed=seed, eval_fn=eval_fn if val is not None else None,
-                 eval_every=cfg["eval_every"], log_every=cfg["log_every"], progress=cfg["progress"],
-                 num_workers=cfg["num_workers"], desc=desc or f"adaptseg {cfg['level']} seed {seed}",
-                 find_unused_parameters=True)
+    eng = Engine.from_config(cfg, modules, {"model": opt_g, "disc": opt_d}, step,
+                             {"source": ds["source_train"], "target": ds["target_train"]}, seed=seed,
+                             max_iters=cfg["max_iters"], eval_fn=eval_fn if val is not None else None,
+                             eval_every=cfg["eval_every"], desc=desc or f"adaptseg {cfg['level']} seed {seed}",
+                             find_unused_parameters=True)
     history = eng.run()
     return model, discs, history
 
@@ -364,29 +361,6 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
         d.load_state_dict(state[f"d_{k}"])
         d.eval()
     return model, discs, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# `kit train adaptseg` (registered in kit.methods)
-# ---------------------------------------------------------------------------------------------
-def train(cfg: Mapping[str, Any]) -> Path | None:
-    """Trainer for ``kit train adaptseg``: adapt one model (first seed of the config) and save
-    ``<run_dir>/adaptseg.pt`` (G and D state_dicts, history and config in the JSON beside it)."""
-    from .. import distributed
-    from . import train_output_path
-
-    _validate(cfg)
-    ds = make_da_datasets(cfg)
-    seed = int(cfg["seeds"][0])
-    model, discs, history = train_adaptseg(cfg, seed, ds, verbose=distributed.is_main())
-    path = train_output_path(cfg, "adaptseg")
-    if distributed.is_main():
-        state = {"model": model.state_dict(), **{f"d_{k}": d.state_dict() for k, d in discs.items()}}
-        meta = {"method": "adaptseg", "level": cfg["level"], "seed": seed,
-                "num_classes": ds["source_train"].num_classes, "config": dict(cfg), "history": history.to_dict()}
-        save_checkpoint(path, state, meta)
-    distributed.barrier()
-    return path if distributed.is_main() else None
 
 
 def __getattr__(name: str):

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_or_train, model_key, save_checkpoint
+from ..cache import cache_name, load_or_train, model_key
 from ..data import REAL_LAYOUT, make_cdcl_datasets  # noqa: F401  (re-exported: their old home)
 from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
 from ..engine import Engine, History, evaluate, seed_everything
@@ -47,7 +46,7 @@ from .supervised import build_model, make_model_optimizer
 
 __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep", "make_cdcl_datasets",
            "build_cdcl_model", "dataset_model", "train_cdcl", "load_or_train_cdcl", "evaluate_cdcl",
-           "layer_statistics", "distribution_distance", "train"]
+           "layer_statistics", "distribution_distance"]
 
 #: the kinds of model this module trains
 KINDS = ("single", "finetune", "remap", "dat")
@@ -231,11 +230,9 @@ def train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: in
                    int(cfg.get("interval", 1)) if kind == "dat" else 1,
                    cfg.get("dat_mode", "sum") if kind == "dat" else "sum")
     opt = make_model_optimizer(cfg, model)
-    eng = Engine({"model": model}, {"model": opt}, step, {n: ds[n]["train"] for n in names}, cfg["batch_size"],
-                 iters, poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
-                 channels_last=cfg["channels_last"], seed=seed, log_every=cfg["log_every"],
-                 progress=cfg["progress"], num_workers=cfg["num_workers"],
-                 desc=desc or f"cdcl {kind} {'+'.join(names)} seed {seed}", find_unused_parameters=True)
+    eng = Engine.from_config(cfg, {"model": model}, {"model": opt}, step, {n: ds[n]["train"] for n in names},
+                             seed=seed, iters=iters, desc=desc or f"cdcl {kind} {'+'.join(names)} seed {seed}",
+                             find_unused_parameters=True)
     history = eng.run()
     model.cpu().eval()
     return model, history
@@ -308,26 +305,3 @@ def evaluate_cdcl(model: nn.Module, kind: str, names: Sequence[str], datasets: M
         with use_domain(model, b):
             out[n] = evaluate(model, val, val.num_classes, head=i, **kw)
     return out
-
-
-# =============================================================================================
-# Trainer for ``kit train cdcl``
-# =============================================================================================
-def train(cfg: Mapping[str, Any]) -> Path | None:
-    """Trainer for ``kit train cdcl``: DAT with DABs on ``cfg["datasets"]`` (first seed), saved as
-    ``<run_dir>/cdcl.pt`` (state_dict; dataset names, label spaces and history in the JSON)."""
-    from .. import distributed
-    from . import train_output_path
-
-    ds = make_cdcl_datasets(cfg)
-    names = list(cfg["datasets"])
-    seed = int(cfg["seeds"][0])
-    model, history = train_cdcl(cfg, "dat", names, seed, ds)
-    path = train_output_path(cfg, "cdcl")
-    if distributed.is_main():
-        meta = {"method": "cdcl", "seed": seed, "datasets": names,
-                "classes": {n: list(ds[n]["train"].classes) for n in names},
-                "config": dict(cfg), "history": history.to_dict()}
-        save_checkpoint(path, {"model": model.state_dict()}, meta)
-    distributed.barrier()
-    return path if distributed.is_main() else None

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -56,7 +55,7 @@ from .supervised import make_model_optimizer
 __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
            "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate",
            "stage3_kit", "adapt",
-           "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model", "train"]
+           "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model"]
 
 # Defaults and sections of every field: kit.methods.defaults (METHODS["das3"]).
 
@@ -92,10 +91,8 @@ def _engine(cfg: Mapping[str, Any], stage: int, model: nn.Module, step, data: Ma
     iters = _check_iters(cfg[f"stage{stage}_iters"], f"stage{stage}_iters")
     if opt is None:
         opt = make_model_optimizer(cfg, model, lr=float(cfg[f"stage{stage}_lr"]))
-    return Engine({"model": model}, {"model": opt}, step, data, batch_size or cfg["batch_size"], iters,
-                  poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
-                  channels_last=cfg["channels_last"], seed=seed, log_every=cfg["log_every"],
-                  progress=cfg["progress"], num_workers=cfg["num_workers"], desc=desc)
+    return Engine.from_config(cfg, {"model": model}, {"model": opt}, step, data, seed=seed,
+                              batch_size=batch_size or None, iters=iters, desc=desc)
 
 
 def _check_iters(n: int, which: str) -> int:
@@ -285,30 +282,6 @@ def adapt(source_model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
         out[s] = _STAGES[s](model, target, cfg, seed)
         model = out[s].model
     return out
-
-
-def train(cfg: Mapping[str, Any]) -> Path | None:
-    """``kit train das3``: the three stages from the source model of ``cfg`` (first seed),
-    on the config's target images; saves ``<run_dir>/das3.pt`` (rank 0)."""
-    from .. import distributed
-    from ..cache import save_checkpoint
-    from ..data import make_da_datasets
-    from . import train_output_path
-
-    ds = make_da_datasets(cfg)
-    seed = int(cfg["seeds"][0])
-    model, key = load_source_model(cfg, seed, ds)
-    history = {}
-    for s in (1, 2, 3):
-        model, meta = load_or_run_stage(s, model, key, ds["target_train"], cfg, seed, ds["target_val"])
-        key = meta["key"]
-        history[s] = meta.get("eval")
-    path = train_output_path(cfg, "das3")
-    if distributed.is_main():
-        save_checkpoint(path, {"model": model.state_dict()},
-                        {"method": "das3", "seed": seed, "config": dict(cfg), "stages": history})
-    distributed.barrier()
-    return path if distributed.is_main() else None
 
 
 def __getattr__(name: str):

@@ -34,7 +34,6 @@ defines it (including the key of the model it starts from).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -42,7 +41,6 @@ from torch.utils.data import Dataset
 
 from .. import losses
 from ..cache import cache_name, load_or_train, model_key
-from ..data import make_da_datasets
 from ..data.subsets import RepeatTo, label_fraction_sets, label_subset  # noqa: F401  (re-exported: their old home)
 from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
@@ -53,7 +51,7 @@ from .supervised import supervised_step
 __all__ = ["INITS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
            "label_fraction_sets", "denoising_step", "pretrain_denoising", "train_supervised_encoder",
            "load_supervised_encoder", "load_denoising_pretrained", "init_model", "finetune", "load_or_finetune",
-           "denoise_images", "encoder_digest", "train"]
+           "denoise_images", "encoder_digest"]
 
 #: the four initialisations compared in the label-fraction curve (paper Fig. 1 / Table 1)
 INITS = ("random", "supervised", "dep", "ddep")
@@ -75,10 +73,9 @@ def build_unet(cfg: Mapping[str, Any], out_channels: int, imagenet: bool = False
 
 
 def _engine(cfg, model, step, data, iters, batch_size, lr, seed, desc, eval_fn=None, eval_every=0):
-    return Engine({"model": model}, {"model": _optimizer(cfg, model, float(lr))},
-                  step, data, batch_size, iters, poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
-                  channels_last=cfg["channels_last"], seed=seed, eval_fn=eval_fn, eval_every=eval_every,
-                  log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"], desc=desc)
+    return Engine.from_config(cfg, {"model": model}, {"model": _optimizer(cfg, model, float(lr))}, step, data,
+                              seed=seed, batch_size=batch_size, iters=iters, eval_fn=eval_fn, eval_every=eval_every,
+                              desc=desc)
 
 
 def _optimizer(cfg, model: UNet, lr: float):
@@ -282,25 +279,3 @@ def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: i
     model.load_state_dict(state["model"])
     model.eval()
     return model, meta
-
-
-# ----------------------------------------------------------------------------------
-# `kit train ddep`
-# ----------------------------------------------------------------------------------
-def train(cfg: Mapping[str, Any]) -> Path | None:
-    """The DDeP pipeline for the first seed: supervised encoder -> decoder denoising pretraining
-    -> fine-tuning on ``cfg["fraction"]`` of the target labels; saves ``<run_dir>/ddep.pt``."""
-    from .. import distributed
-    from ..cache import save_checkpoint
-    from . import train_output_path
-
-    ds = make_da_datasets(cfg)
-    seed = int(cfg["seeds"][0])
-    model, meta = load_or_finetune(cfg, "ddep", float(cfg["fraction"]), seed, ds, verbose=True)
-    path = train_output_path(cfg, "ddep")
-    if distributed.is_main():
-        save_checkpoint(path, {"model": model.state_dict()},
-                        {"method": "ddep", "seed": seed, "fraction": cfg["fraction"], "miou": meta.get("miou"),
-                         "n_labeled": meta.get("n_labeled"), "config": dict(cfg), "history": meta.get("history")})
-    distributed.barrier()
-    return path if distributed.is_main() else None

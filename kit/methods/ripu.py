@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from .. import active, losses
-from ..cache import checkpoint_exists, load_or_train, model_key, save_checkpoint
+from ..cache import checkpoint_exists, load_or_train, model_key
 from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, seed_everything
@@ -57,7 +57,7 @@ from .ripu_pool import (ActivePool, label_resolution_dataset, make_budget,  # no
 from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["RIPUStep", "PRESETS", "preset_config", "baseline_config", "build_ripu_model", "train_ripu", "ripu_key",
-           "load_or_train_ripu", "train",  # and, re-exported from kit.methods.ripu_pool:
+           "load_or_train_ripu",  # and, re-exported from kit.methods.ripu_pool:
            "ActivePool", "select_on_pool", "make_budget", "suppression_radius", "selection_iters", "label_resolution_dataset"]
 
 # Defaults and sections of every field: kit.methods.defaults (METHODS["ripu"]).
@@ -218,13 +218,12 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     data = {"target": pool} if cfg["source_free"] else {"source": ds["source_train"], "target": pool}
     tb = cfg["target_batch_size"] or cfg["batch_size"]
     bs = {"target": int(tb)} if cfg["source_free"] else {"source": int(cfg["batch_size"]), "target": int(tb)}
-    eng = Engine({"model": model}, {"model": opt}, step, data, bs, cfg["iters"], max_iters=cfg["max_iters"],
-                 poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"], channels_last=cfg["channels_last"],
-                 seed=seed, eval_fn=eval_fn if val is not None else None, eval_every=cfg["eval_every"],
-                 log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"],
-                 checkpoint=run_dir / "ripu_engine.pt" if run_dir is not None else None,
-                 checkpoint_every=int(checkpoint_every),
-                 desc=desc or f"ripu {cfg['acquisition']}/{cfg['mode']} seed {seed}")
+    eng = Engine.from_config(cfg, {"model": model}, {"model": opt}, step, data, seed=seed, batch_size=bs,
+                             max_iters=cfg["max_iters"], eval_fn=eval_fn if val is not None else None,
+                             eval_every=cfg["eval_every"],
+                             checkpoint=run_dir / "ripu_engine.pt" if run_dir is not None else None,
+                             checkpoint_every=int(checkpoint_every),
+                             desc=desc or f"ripu {cfg['acquisition']}/{cfg['mode']} seed {seed}")
     # resume: the pool's file may hold rounds the checkpoint had not reached (a kill between a
     # round and the next checkpoint); forget them before the first batch is read, they run again
     start = 0
@@ -276,26 +275,3 @@ def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[
     meta = dict(meta)
     meta["round_map"] = state["round_map"]
     return model, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# `kit train ripu` (registered in kit.methods)
-# ---------------------------------------------------------------------------------------------
-def train(cfg: Mapping[str, Any]) -> Path | None:
-    """Trainer for ``kit train ripu``: one RIPU run (first seed); saves ``<run_dir>/ripu.pt``
-    (model, round map) with the config, history and budget log in the JSON beside it."""
-    from .. import distributed
-    from . import train_output_path
-
-    _validate(cfg)
-    ds = make_da_datasets(cfg)
-    seed = int(cfg["seeds"][0])
-    model, pool, history = train_ripu(cfg, seed, ds, verbose=distributed.is_main())
-    path = train_output_path(cfg, "ripu")
-    if distributed.is_main():
-        meta = {"method": "ripu", "seed": seed, "num_classes": ds["target_train"].num_classes, "config": dict(cfg),
-                "history": history.to_dict(), "rounds": pool.state.history,
-                "labeled_fraction": pool.state.labeled_fraction}
-        save_checkpoint(path, {"model": model.state_dict(), "round_map": pool.round_map}, meta)
-    distributed.barrier()
-    return path if distributed.is_main() else None

@@ -87,10 +87,8 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     if val_set is not None:
         eval_fn = lambda eng: {"miou": evaluate(eng.modules["model"], val_set, num_classes,  # noqa: E731
                                                  cfg["eval_batch_size"], amp=cfg["amp"]).miou}
-    eng = Engine({"model": model}, {"model": opt}, supervised_step, {"train": train_set}, cfg["batch_size"],
-                 cfg["iters"], poly_power=cfg["poly_power"], device=cfg["device"], amp=cfg["amp"],
-                 channels_last=cfg["channels_last"], seed=seed, eval_fn=eval_fn, eval_every=cfg["eval_every"],
-                 log_every=cfg["log_every"], progress=cfg["progress"], num_workers=cfg["num_workers"], desc=desc)
+    eng = Engine.from_config(cfg, {"model": model}, {"model": opt}, supervised_step, {"train": train_set}, seed=seed,
+                             eval_fn=eval_fn, eval_every=cfg["eval_every"], desc=desc)
     history = eng.run()
     return model, history
 
