@@ -1,5 +1,4 @@
 """The training engine: resume equals an uninterrupted run, NaN guard, streams, schedule."""
-import math
 
 import pytest
 import torch
@@ -144,3 +143,19 @@ def test_headless_progress_is_plain_text_and_rare(monkeypatch):
     bar = _progress_bar(total=10, desc="x", disable=False, file=io.StringIO())
     assert type(bar) is text_tqdm and bar.mininterval >= 30
     bar.close()
+
+
+def test_from_config_takes_the_shared_fields_and_passes_the_rest():
+    """Every method's Engine: batch size, schedule length, precision, device and logging from
+    the resolved config; what a method sets itself (desc, max_iters, another iters) wins."""
+    cfg = resolve("smoke", "supervised", n_train=8, log_every=3, poly_power=0.5)
+    model = build_model(cfg, 11)
+    data = {"train": ToyWorld("synthetic", "train", tuple(cfg.size), 8)}
+    eng = Engine.from_config(cfg, {"model": model}, {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, supervised_step, data,
+                             seed=4, desc="mine")
+    assert (eng.iters, eng.max_iters, eng.seed, eng.desc) == (cfg.iters, cfg.iters, 4, "mine")
+    assert (eng.poly_power, eng.log_every, eng.amp) == (0.5, 3, cfg.amp)
+    assert eng.streams["train"].batch_size == cfg.batch_size
+    eng = Engine.from_config(cfg, {"model": model}, {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, supervised_step, data,
+                             seed=0, batch_size=2, iters=7, max_iters=5, log_every=1)
+    assert (eng.iters, eng.max_iters, eng.log_every, eng.streams["train"].batch_size) == (7, 5, 1, 2)
