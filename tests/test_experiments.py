@@ -47,6 +47,9 @@ def test_by_cell_paired_and_summary():
     assert e.paired and e.n == 3 and e.mean == pytest.approx(7 / 3)
     with pytest.raises(ValueError, match="no rows for cell 'c'"):
         by_cell(t, "c")
+    assert by_cell(t, "c", missing_ok=True).empty
+    e0 = paired(t, "a", "c", missing_ok=True)   # a cell this run left out: no seed, undecided
+    assert e0.n == 0 and e0.verdict == "undecided"
     rows = summary(t, {"a": 9.9}, ["b", "a", "missing"])
     assert [r["cell"] for r in rows] == ["b", "a"]
     assert rows[1]["paper"] == 9.9 and rows[1]["here mIoU"] == 4.0 and rows[1]["seeds"] == 3
@@ -179,3 +182,18 @@ def test_results_page_shows_the_recipe_check(tmp_path):
     one["results"]["recipe_check"] = one["results"]["recipe_check"][0]   # recorded as one row (a dict)
     (d / "metrics.json").write_text(json.dumps(one))
     assert "| lambda_adv | 0.01 | 0.04 | False |" in results_page("full", tmp_path)
+
+
+def test_a_grid_builds_the_cells_from_the_config():
+    """``grid(cfg)``: rows that depend on the profile (DDeP's inits x label_fractions); the
+    summary then follows the order the cells ran."""
+    def grid(cfg):
+        return tuple(Cell(f"n={n}", lambda c, s, d, n=n: {"miou": float(n)}) for n in cfg["seeds"])
+
+    e = Experiment("t/g", "P", "T", "00_x", "intro", (), grid=grid)
+    t = e.run(e.config("smoke", seeds=[2, 1]), seeds=[0])
+    assert list(t["cell"]) == ["n=2", "n=1"] and list(t["miou"]) == [2.0, 1.0]
+    assert [r["cell"] for r in e.summary(t)] == ["n=2", "n=1"]
+    assert list(e.run(e.config("smoke", seeds=[2, 1]), seeds=[0], cells=["n=1"])["cell"]) == ["n=1"]
+    with pytest.raises(ValueError, match="has no cell 'n=3'"):
+        e.run(e.config("smoke", seeds=[2, 1]), seeds=[0], cells=["n=3"])

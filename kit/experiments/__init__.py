@@ -81,6 +81,9 @@ class Experiment:
     #: the seeds a run takes by default: ``seeds(cfg)``; None means ``cfg.seeds`` (e.g. a sweep
     #: runs on the notebook's sweep seeds)
     seeds: Callable[[Any], Sequence[int]] | None = None
+    #: the cells a run takes: ``grid(cfg)`` when the rows depend on the config (e.g. DDeP's
+    #: ``inits × label_fractions``); None means ``cells``, which then lists every profile's rows
+    grid: Callable[[Any], Sequence[Cell]] | None = None
 
     def config(self, profile: str = "quick", **params: Any):
         """The experiment's config: ``kit.config.resolve(profile, method, **params)`` (unknown
@@ -99,7 +102,8 @@ class Experiment:
         if seeds is None:
             seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
         seeds = list(seeds)
-        chosen = self.cells if cells is None else tuple(self.cell(c) for c in cells)
+        pool = tuple(self.grid(cfg)) if self.grid is not None else self.cells
+        chosen = pool if cells is None else tuple(_named(pool, c, self.id) for c in cells)
         data = self.data(cfg)
         rows = []
         for seed in seeds:
@@ -115,10 +119,7 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def cell(self, name: str) -> Cell:
-        for c in self.cells:
-            if c.name == name:
-                return c
-        raise ValueError(f"{self.id} has no cell {name!r}; its cells: {[c.name for c in self.cells]}")
+        return _named(self.cells, name, self.id)
 
     def claim(self, id: str) -> Claim:
         for c in self.claims:
@@ -127,8 +128,17 @@ class Experiment:
         raise ValueError(f"{self.id} has no claim {id!r}; its claims: {[c.id for c in self.claims]}")
 
     def summary(self, table):
-        """One row per cell: the paper's number next to our mean ± sd over seeds."""
-        return summary(table, {c.name: c.paper for c in self.cells}, [c.name for c in self.cells])
+        """One row per cell: the paper's number next to our mean ± sd over seeds (in the order
+        the cells ran when the experiment has a ``grid``)."""
+        order = list(dict.fromkeys(table["cell"])) if self.grid is not None else [c.name for c in self.cells]
+        return summary(table, {c.name: c.paper for c in self.cells}, order)
+
+
+def _named(cells: Sequence[Cell], name: str, id: str) -> Cell:
+    for c in cells:
+        if c.name == name:
+            return c
+    raise ValueError(f"{id} has no cell {name!r}; its cells: {[c.name for c in cells]}")
 
 
 def register(exp: Experiment) -> Experiment:
@@ -171,17 +181,23 @@ def get(id: str) -> Experiment:
 
 # --- helpers over a result table ------------------------------------------------------------
 
-def by_cell(table, cell: str, value: str = "miou"):
-    """``value`` of one cell per seed (a Series indexed by seed); ValueError if the cell is absent."""
+def by_cell(table, cell: str, value: str = "miou", missing_ok: bool = False):
+    """``value`` of one cell per seed (a Series indexed by seed); a cell without rows raises
+    ValueError, or with ``missing_ok`` is an empty Series (a cell this run left out)."""
     sel = table[table["cell"] == cell]
     if sel.empty:
+        if missing_ok:
+            import pandas as pd
+
+            return pd.Series(dtype=float)
         raise ValueError(f"the table has no rows for cell {cell!r}; its cells: {sorted(set(table['cell']))}")
     return sel.groupby("seed")[value].mean()
 
 
-def paired(table, a: str, b: str, value: str = "miou") -> Effect:
-    """The effect ``a − b`` over the seeds both cells ran, paired by seed."""
-    return effect(by_cell(table, a, value), paired_with=by_cell(table, b, value))
+def paired(table, a: str, b: str, value: str = "miou", missing_ok: bool = False) -> Effect:
+    """The effect ``a − b`` over the seeds both cells ran, paired by seed; with ``missing_ok`` a
+    cell without rows counts as run on no seed (an undecided effect of n = 0) instead of an error."""
+    return effect(by_cell(table, a, value, missing_ok), paired_with=by_cell(table, b, value, missing_ok))
 
 
 def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> list[dict]:

@@ -6,7 +6,7 @@ row also carries ``init`` (the notebook's label, e.g. ``"random init"``) and ``f
 as columns, so the claims pivot on those two columns, exactly as the notebook's
 ``curve.pivot_table`` does, and never parse cell names. The fractions differ by profile
 (smoke: 10/100%, quick and full: 1/5/25/100%, paper: six), so the grid run is the config's
-``inits × label_fractions`` (:class:`FractionGrid`), in the notebook's loop order; ``cells``
+``inits × label_fractions`` (the experiment's ``grid``), in the notebook's loop order; ``cells``
 lists every profile's fractions. The notebook states no paper numbers, so every ``paper`` is None.
 
     >>> from kit import experiments
@@ -16,10 +16,9 @@ lists every profile's fractions. The notebook states no paper numbers, so every 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 
 from ..results import effect
-from . import Cell, Claim, Experiment, register, summary
+from . import Cell, Claim, Experiment, register
 
 PAPER = "DDeP (Brempong et al., CVPR-W 2022 / TMLR 2022)"
 INIT_NAMES = {"random": "random init", "supervised": "supervised encoder", "dep": "DeP", "ddep": "DDeP"}
@@ -46,18 +45,9 @@ def cell(init: str, fraction: float) -> Cell:
     return Cell(f"{INIT_NAMES[init]} | {100 * fraction:g}%", run)
 
 
-@dataclass(frozen=True)
-class FractionGrid(Experiment):
-    """An experiment whose cells are the config's ``inits × label_fractions``, fraction-major."""
-
-    def grid(self, cfg) -> tuple[Cell, ...]:
-        return tuple(cell(i, float(f)) for f in cfg["label_fractions"] for i in cfg["inits"])
-
-    def run(self, cfg, seeds=None, cells=None, log=None):
-        return Experiment.run(replace(self, cells=self.grid(cfg)), cfg, seeds, cells, log)
-
-    def summary(self, table):
-        return summary(table, {c.name: c.paper for c in self.cells}, list(dict.fromkeys(table["cell"])))
+def grid(cfg) -> tuple[Cell, ...]:
+    """The run's cells: the config's ``inits × label_fractions``, fraction-major (the notebook's loop order)."""
+    return tuple(cell(i, float(f)) for f in cfg["label_fractions"] for i in cfg["inits"])
 
 
 def per_seed(table):
@@ -110,7 +100,7 @@ C3 = Claim("C3", "Denoising pretraining gains at few labels, and the gain shrink
 P1 = Claim("P1", "(premise) More labels help a randomly initialised model: the label-fraction curve rises",
            "Fig. 1: every curve rises steeply from 1% to 100% of the labels", p1_effects)
 
-FIG1 = register(FractionGrid(
+FIG1 = register(Experiment(
     id="ddep/fig1", paper=PAPER, notebook="05_ddep", method="ddep",
     reference="Fig. 1 / the Cityscapes label-fraction table (random init, supervised encoder, DeP, DDeP)",
-    cells=tuple(cell(i, f) for f in FRACTIONS for i in INIT_NAMES), claims=(C1, C2, C3, P1), data=data))
+    cells=tuple(cell(i, f) for f in FRACTIONS for i in INIT_NAMES), claims=(C1, C2, C3, P1), data=data, grid=grid))
