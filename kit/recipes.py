@@ -10,6 +10,8 @@ table uses (:func:`tuning_split`). :func:`tuning_choice` reports the value that 
 to the recipe's default, and the evaluation split's mIoU at both: if they differ, the recipe
 is not the one a tuning split would choose, and the table says by how much that matters on
 the evaluation split. (With real data there is no third split: the check is skipped.)
+:func:`plot_check` draws one such sweep: both splits' mean ± sd over seeds per value, the
+default marked.
 
 >>> import pandas as pd
 >>> t = pd.DataFrame({"value": [0.1, 0.1, 1.0, 1.0], "seed": [0, 1, 0, 1],
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["tuning_split", "tuning_choice"]
+__all__ = ["tuning_split", "tuning_choice", "plot_check"]
 
 
 def tuning_split(cfg: Mapping[str, Any], domain: str | None = None):
@@ -54,3 +56,31 @@ def tuning_choice(table, parameter: str, default: Any, tune: str = "tune mIoU", 
             "val mIoU at the default": float(means.loc[default, val]),
             "val mIoU, chosen − default": float(means.loc[chosen, val] - means.loc[default, val]),
             "seeds": int(table["seed"].nunique()) if "seed" in table else None}
+
+
+SPLIT_LABELS = ("tuning split (target test)", "evaluation split (target val)")
+
+
+def plot_check(table, parameter: str, default: Any, ax=None, *, xscale: str | float | None = None,
+               ticks: Mapping[Any, str] | None = None, labels: tuple[str, str] = SPLIT_LABELS,
+               default_label: str | None = None, tune: str = "tune mIoU", val: str = "val mIoU", **axes_set: Any):
+    """Draw a recipe check on ``ax`` (a new figure when None): the mean ``tune`` and ``val`` mIoU
+    per value of ``parameter`` over the seeds of ``table`` (error bars: sd, with two seeds or
+    more), ticks at the swept values (labels from ``ticks`` or ``f"{v:g}"``), a dotted line at
+    ``default``. ``xscale``: "log", a number (log with that base) or None (linear);
+    ``axes_set`` goes to ``ax.set`` (title, xlabel, ylabel). Returns ``ax``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.6))
+    g = table.groupby(parameter)[[tune, val]]
+    mean, sd = g.mean(), (g.std() if table["seed"].nunique() > 1 else None)
+    for col, label in zip((tune, val), labels):
+        ax.errorbar(mean.index, mean[col], yerr=None if sd is None else sd[col], marker="o", capsize=3, label=label)
+    ax.axvline(default, color="grey", ls=":", lw=1, label=default_label or f"default {parameter} = {default:g}")
+    if xscale is not None:
+        ax.set_xscale("log", base=float(xscale)) if not isinstance(xscale, str) else ax.set_xscale(xscale)
+    ax.set_xticks(list(mean.index), [ticks[v] if ticks else f"{v:g}" for v in mean.index])
+    ax.minorticks_off()
+    ax.set(**{"xlabel": parameter, "ylabel": "target mIoU (%)", **axes_set})
+    return ax

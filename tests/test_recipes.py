@@ -30,3 +30,22 @@ def test_tuning_choice_picks_the_best_mean_and_keeps_the_default_on_a_tie():
         tuning_choice(t, "k", 7)
     with pytest.raises(ValueError, match="needs rows with columns"):
         tuning_choice(t.drop(columns="val mIoU"), "k", 1)
+
+
+def test_plot_check_draws_both_splits_per_value():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from kit.recipes import plot_check
+
+    t = pd.DataFrame({"k": [1, 1, 2, 2, 4, 4], "seed": [0, 1] * 3, "tune mIoU": [1.0, 3.0, 5.0, 5.0, 2.0, 2.0],
+                      "val mIoU": [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]})
+    ax = plot_check(t, "k", 2, xscale=2, title="T")
+    lines = [c for c in ax.containers]   # one errorbar container per split
+    assert len(lines) == 2
+    assert list(lines[0].lines[0].get_ydata()) == [2.0, 5.0, 2.0] and list(lines[1].lines[0].get_ydata()) == [0.0, 1.0, 2.0]
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["1", "2", "4"]
+    assert ax.get_xscale() == "log" and ax.get_title() == "T" and ax.get_ylabel() == "target mIoU (%)"
+    assert any(l.get_label() == "default k = 2" for l in ax.get_lines())
