@@ -221,10 +221,12 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "max_iters": F(None, "schedule"),
             "eval_items": F(None, "schedule"),
             "sweep_seeds": F(None, "notebook"),     # seeds of the notebook's sweeps; None = the first two seeds
+            "budgets": F([0.005, 0.01, 0.022, 0.05], "notebook"),   # the budget curve (03 section 5, ripu/budget)
+            "k_values": F([1, 2, 3], "notebook"),   # region sizes k of the region-size sweep (ripu/region_size)
         },
         "common": {},
         "smoke": {"iters": 4, "batch_size": 2, "rounds": 2, "select_at": [0, 2], "pool_size": 8, "pa_suppress": 2,
-                  "pa_points": 8, "eval_items": 8, "lr": 5e-4},
+                  "pa_points": 8, "eval_items": 8, "lr": 5e-4, "budgets": [0.01, 0.05], "k_values": [1, 2]},
         # toy world at 64x128 (1/10 of the paper's 640x1280 target crops): PA suppression 32 -> 3;
         # fine-tuned from the cached source-only model with Adam, short schedule (see the notebook)
         "quick": {"iters": 60, "batch_size": 4, "lr": 5e-4, "pool_size": 100, "pa_suppress": 3,
