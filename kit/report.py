@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .cache import atomic_write_bytes, runs_root
-from .results import load_metrics, mean_sd, seeds_needed, verdict
+from .results import load_metrics, verdict
+from .stats import mean_sd, seeds_needed
 
 __all__ = ["PAPER_TABLES", "PER_SEED", "NOTEBOOKS", "results_page", "write_results_page"]
 

@@ -96,3 +96,15 @@ def test_ddep_moved_pieces_are_the_old_names():
     for mod in (subsets, ddep_analysis):
         for name in mod.__all__:
             assert getattr(ddep, name) is getattr(mod, name)
+
+
+def test_split_modules_keep_their_old_import_paths():
+    from kit import active, annotation, cli, notebook_runner, results, stats
+
+    for name in ("BUDGET_ROUNDINGS", "Budget", "AnnotationState", "select_round", "image_level_select"):
+        assert getattr(active, name) is getattr(annotation, name), name
+    for name in ("Effect", "HOLDS", "VERDICTS", "effect", "seeds_needed", "all_hold", "mean_sd"):
+        assert getattr(results, name) is getattr(stats, name), name
+    for name in ("CliError", "DEFAULT_PROFILE", "notebooks_dir", "list_notebooks", "find_notebook",
+                 "notebook_parameters", "run_notebook"):
+        assert getattr(cli, name) is getattr(notebook_runner, name), name

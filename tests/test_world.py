@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kit.data import world as W
+from kit.data import world_render, world_scene
 from kit.data.world import DOMAINS, ToyWorld, WORLD_CLASSES, class_index, render
 
 
@@ -26,7 +27,7 @@ def test_runs_of_consecutive_indices_equal_single_renders():
     assert torch.equal(img2, img[perm]) and torch.equal(lab2, lab[perm])
     one, _ = W.render_uint8("city_b", [127], size=(32, 64))
     assert torch.equal(one[0], img[7])
-    assert W._crop_block(32, 64) == 64                # so the run above crosses a block at 128
+    assert world_render._crop_block(32, 64) == 64   # so the run above crosses a block at 128
 
 def test_indices_differ_and_domains_differ():
     img, lab = render("synthetic", [0, 1], size=(32, 64))
@@ -135,7 +136,7 @@ def test_unknown_class_name():
 def test_painter_equals_dense_reference(monkeypatch):
     """The fast painter (row runs + scatter-max) equals testing every shape at every pixel."""
     calls = []
-    real_paint = W._paint
+    real_paint = world_scene._paint
 
     def capture(slot, shapes, H, Wd):
         before = slot.clone()
@@ -143,13 +144,13 @@ def test_painter_equals_dense_reference(monkeypatch):
         calls.append((before, shapes, H, Wd, out.clone()))
         return out
 
-    monkeypatch.setattr(W, "_paint", capture)
+    monkeypatch.setattr(world_scene, "_paint", capture)
     for dom, size in (("synthetic", (48, 96)), ("real", (37, 91)), ("synthia", (64, 128)), ("city_b", (16, 200))):
         calls.clear()
         W.render(dom, torch.arange(24), size)
         (before, shapes, H, Wd, fast), = calls
         assert (fast != before).float().mean() > 0.05, dom      # objects were painted
-        assert torch.equal(fast, W._paint_dense(before, shapes, H, Wd)), dom
+        assert torch.equal(fast, world_scene._paint_dense(before, shapes, H, Wd)), dom
 
 
 def test_uint8_path_is_the_quantized_float_path(monkeypatch):
@@ -163,17 +164,17 @@ def test_uint8_path_is_the_quantized_float_path(monkeypatch):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-4
     assert torch.equal(ql.long(), lab)
     # internal chunking (bounded working set) does not change any image
-    monkeypatch.setattr(W, "_CHUNK_PIXELS", 48 * 80 * 3)
+    monkeypatch.setattr(world_render, "_CHUNK_PIXELS", 48 * 80 * 3)
     q2, ql2 = W.render_uint8("real", range(40, 60), size=(48, 80))
     assert torch.equal(q, q2) and torch.equal(ql, ql2)
 
 
 def test_blur_keeps_flat_images_flat_and_is_symmetric():
     flat = torch.full((2, 3, 20, 30), 0.7)
-    out = W._gaussian_blur(flat.clone(), 2.0)
+    out = world_render._gaussian_blur(flat.clone(), 2.0)
     assert torch.allclose(out, flat, atol=1e-6)          # borders renormalised, no darkening
     dot = torch.zeros(1, 1, 21, 21)
     dot[..., 10, 10] = 1.0
-    b = W._gaussian_blur(dot, 1.5)[0, 0]
+    b = world_render._gaussian_blur(dot, 1.5)[0, 0]
     assert torch.allclose(b, b.flip(0)) and torch.allclose(b, b.t()) and abs(float(b.sum()) - 1) < 1e-5
-    assert W._gaussian_blur(dot, 0.25) is dot             # a kernel that keeps > 99% is skipped
+    assert world_render._gaussian_blur(dot, 0.25) is dot   # a kernel that keeps > 99% is skipped
