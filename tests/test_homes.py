@@ -108,3 +108,10 @@ def test_split_modules_keep_their_old_import_paths():
     for name in ("CliError", "DEFAULT_PROFILE", "notebooks_dir", "list_notebooks", "find_notebook",
                  "notebook_parameters", "run_notebook"):
         assert getattr(cli, name) is getattr(notebook_runner, name), name
+
+
+def test_folder_readers_keep_their_old_home():
+    from kit.data import folders, real
+
+    assert real.FolderSegmentation is folders.FolderSegmentation
+    assert real.BDD100K is folders.BDD100K and real.CamVid is folders.CamVid
