@@ -6,8 +6,9 @@ image may have labelled after each round; :class:`AnnotationState` records, per 
 round it was labelled in and the round it first fell inside a suppression window;
 :func:`select_round` runs one round of region/pixel/point selection on a batch of pool
 images (scores and greedy picks from :mod:`kit.active`) and :func:`image_level_select` one
-round of whole-image selection. Split out of ``kit/active.py``, which still exports every
-name here.
+round of whole-image selection. :func:`label_geometry` describes what a finished
+annotation covers (RIPU's C2 diagnosis: clustered regions against spread-out points). Split
+out of ``kit/active.py``, which still exports the names it had.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .active import (
     MODES, _check_k, _check_tie_order, acquisition_map, greedy_select, greedy_select_reference, region_mask,
 )
 
-__all__ = ["BUDGET_ROUNDINGS", "Budget", "AnnotationState", "select_round", "image_level_select"]
+__all__ = ["BUDGET_ROUNDINGS", "Budget", "AnnotationState", "select_round", "image_level_select", "label_geometry"]
 
 #: how the RA / point budget is split into rounds: "exact" (never above the budget; a share
 #: smaller than one region carries over) or "ceil" (official: ceil(share / area) picks per round)
@@ -291,3 +292,41 @@ def image_level_select(image_scores: torch.Tensor, state: AnnotationState, budge
     state.history.append({"round": r_log, "picks": len(chosen), "labeled_pixels": state.labeled_pixels,
                           "labeled_fraction": state.labeled_fraction})
     return chosen
+
+
+def label_geometry(round_map: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor | None = None,
+                   block: int = 8, ignore_index: int = 255) -> dict[str, float]:
+    """Where an annotation's labelled pixels lie, over a pool: ``round_map`` [N,H,W] (the round
+    a pixel was labelled in, -1 = never), the pool's ``labels`` [N,H,W] and optionally
+    ``wrong`` [N,H,W] (bool: a model's errors, e.g. the source-only model's). All in %:
+
+    * ``labelled``: labelled share of the pool's pixels;
+    * ``at_boundary``: share of the labelled pixels within 1 px of another class (pool
+      average: ``boundary_share``);
+    * ``blocks_touched``: share of the pool's ``block``×``block`` tiles holding a labelled pixel
+      (how widely the labels spread over the images);
+    * ``images_touched``: share of the pool's images holding one;
+    * ``labelled_wrong``: share of the labelled pixels ``wrong`` marks (pool average: ``wrong``).
+
+        >>> rm = torch.full((1, 8, 8), -1, dtype=torch.int8); rm[0, 0, 0] = 0
+        >>> g = label_geometry(rm, torch.zeros(1, 8, 8, dtype=torch.long), block=4)
+        >>> g["labelled"], g["blocks_touched"], g["images_touched"]
+        (1.5625, 25.0, 100.0)
+    """
+    from .evaluation import boundary_mask
+
+    if round_map.shape != labels.shape:
+        raise ValueError(f"round_map {tuple(round_map.shape)} and labels {tuple(labels.shape)} differ in shape")
+    lab = round_map >= 0
+    n_lab = max(int(lab.sum()), 1)
+    edge = boundary_mask(labels, 1, ignore_index)
+    tiles = torch.nn.functional.max_pool2d(lab[:, None].float(), block, block, ceil_mode=True)
+    out = {"labelled": 100.0 * float(lab.float().mean()),
+           "at_boundary": 100.0 * int((lab & edge).sum()) / n_lab,
+           "boundary_share": 100.0 * float(edge.float().mean()),
+           "blocks_touched": 100.0 * float(tiles.mean()),
+           "images_touched": 100.0 * float(lab.flatten(1).any(1).float().mean())}
+    if wrong is not None:
+        out["labelled_wrong"] = 100.0 * int((lab & wrong).sum()) / n_lab
+        out["wrong"] = 100.0 * float(wrong.float().mean())
+    return out

@@ -290,3 +290,25 @@ def test_pool_names_keep_their_old_import_path():
     for name in ripu_pool.__all__:
         assert getattr(ripu, name) is getattr(ripu_pool, name), name
     assert ripu.suppression_radius is ripu_pool.suppression_radius
+
+
+def test_label_geometry_tells_clustered_from_spread_labels():
+    """C2's diagnosis: the same number of labelled pixels as one 3x3 block on a boundary or as
+    nine points spread over the image."""
+    from kit.annotation import label_geometry
+
+    y = torch.zeros(1, 12, 12, dtype=torch.long)
+    y[:, :, 6:] = 1
+    region = torch.full((1, 12, 12), -1, dtype=torch.int8)
+    region[0, 0:3, 5:8] = 0
+    points = torch.full((1, 12, 12), -1, dtype=torch.int8)
+    points[0, 1::4, 1::4] = 2
+    wrong = torch.zeros(1, 12, 12, dtype=torch.bool)
+    wrong[0, :, :6] = True
+    g_r, g_p = label_geometry(region, y, wrong, block=4), label_geometry(points, y, wrong, block=4)
+    assert g_r["labelled"] == g_p["labelled"] == pytest.approx(100 * 9 / 144)
+    assert g_r["at_boundary"] == pytest.approx(100 * 6 / 9) and g_p["at_boundary"] == pytest.approx(100 * 3 / 9)
+    assert g_r["blocks_touched"] == pytest.approx(100 / 9) and g_p["blocks_touched"] == 100.0
+    assert g_r["labelled_wrong"] == pytest.approx(100 * 3 / 9) and g_r["wrong"] == 50.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        label_geometry(region, y[:, :6])
