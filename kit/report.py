@@ -16,7 +16,7 @@ from .cache import atomic_write_bytes, runs_root
 from .results import load_metrics, verdict
 from .stats import mean_sd, seeds_needed
 
-__all__ = ["PAPER_TABLES", "PER_SEED", "NOTEBOOKS", "results_page", "write_results_page"]
+__all__ = ["PAPER_TABLES", "PER_SEED", "DIAGNOSES", "NOTEBOOKS", "results_page", "write_results_page"]
 
 #: the notebooks of the kit, in order, with the paper each reproduces
 NOTEBOOKS = {
@@ -36,6 +36,20 @@ PAPER_TABLES = {
     "03_ripu": "paper_vs_here",
     "04_cdcl": "main_gains",
     "05_ddep": "label_fraction_curve",
+}
+#: per notebook: the recorded diagnoses of its claims (result name -> what it shows); tables with
+#: a ``seed`` column are shown as the mean over seeds per value of their first column
+DIAGNOSES = {
+    "00_introduction": {"level_probes": "P2, AdaptSegNet's multi-level premise: linear probes of the source-only "
+                                        "model's levels, mIoU on source and target val"},
+    "01_adaptsegnet": {"lambda_wide_turn": "C3: the λ_adv sweep continued beyond the paper's range (section 2.2b)"},
+    "02_das3": {"atp_ablation_effects": "C6: the authors' stage 3 with one ingredient changed at a time (section 4c)"},
+    "03_ripu": {"length_diagnosis": "C1 against the training length (section 6b)",
+                "label_geometry": "C2: what each annotation unit's labels cover, % (section 6c)",
+                "c3_diagnosis": "C3: the same fine-tuning with every pool label (section 6c)"},
+    "04_cdcl": {"length_diagnosis": "C2 and C3 at 4x the iterations (section 8b)",
+                "c5b_diagnosis": "C5b: the one-step-per-dataset rule at the same number of optimizer steps (section 6)"},
+    "05_ddep": {"length_diagnosis": "C1-C3 against the fine-tuning length (section 5b)"},
 }
 #: per notebook whose paper table is recorded per seed: the columns that name a row, and the
 #: measured column, shown as mean ± sd over the seeds
@@ -131,6 +145,21 @@ def _reproduced(base: Path) -> list[str]:
     return out
 
 
+def _mean_over_seeds(rows: list[Mapping[str, Any]]) -> list[dict]:
+    """Rows with a ``seed`` column -> one row per value of the first other column: the mean of each
+    numeric column over the seeds (with ``seeds``, how many)."""
+    key = next(k for k in rows[0] if k != "seed")
+    out: dict[Any, dict] = {}
+    for r in rows:
+        o = out.setdefault(r[key], {key: r[key], "_n": 0})
+        o["_n"] += 1
+        for k, v in r.items():
+            if k not in (key, "seed") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                o[k] = o.get(k, 0.0) + float(v)
+    return [{**{k: (v / o["_n"] if k not in (key, "_n") else v) for k, v in o.items() if k != "_n"}, "seeds": o["_n"]}
+            for o in out.values()]
+
+
 def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
     """The Markdown of the results page for ``profile`` from ``<runs_dir>/<profile>/*/metrics.json``."""
     base = Path(runs_dir or runs_root()) / profile
@@ -170,6 +199,12 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
             sections += ["", "**Recipe check on a tuning split** (the value the target's test split, used by no "
                          "claim, would pick next to the default; `kit.recipes`)", ""]
             sections += _table([recipe] if isinstance(recipe, dict) else recipe)   # one row, or one per parameter
+        for name, what in DIAGNOSES.get(nb, {}).items():
+            diag = m["results"].get(name)
+            if isinstance(diag, list) and diag:
+                per_seed = all("seed" in r for r in diag)
+                sections += ["", f"**Diagnosis: {what}** (`{name}`{', mean over seeds' if per_seed else ''})", ""]
+                sections += _table(_mean_over_seeds(diag) if per_seed else diag)
     sections += _reproduced(base)
     head = [
         f"# Results at the `{profile}` profile",

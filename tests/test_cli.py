@@ -194,7 +194,9 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
     (d / "metrics.json").write_text(json.dumps({
         "notebook": "03_ripu", "profile": "full", "seeds": [0, 1], "runtime_s": 42.0, "date": "2026-11-29T07:00+00:00",
         "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.13.0", "cpu_capability": "AVX2", "precision": "fp32"},
-        "results": {"paper_vs_here": [{"setting": "RA 2.2%", "paper": 69.6, "here": "33.8 ± 1.0"}]},
+        "results": {"paper_vs_here": [{"setting": "RA 2.2%", "paper": 69.6, "here": "33.8 ± 1.0"}],
+                    "label_geometry": [{"unit": "point", "seed": 0, "blocks_touched": 30.0},
+                                       {"unit": "point", "seed": 1, "blocks_touched": 32.0}]},
         "claims": [
             {"id": "C1", "claim": "a | b", "paper": "p", "here": "+1.0 [+0.5, +1.5]", "holds": True, "verdict": "holds"},
             {"id": "C2", "claim": "c", "paper": "p", "here": "h", "holds": None, "verdict": "undecided",
@@ -209,6 +211,8 @@ def test_results_page_from_fake_runs(tmp_path, monkeypatch, capsys):
     assert "| holds | 1 |" in page and "| undecided | 1 |" in page and "| not run | 1 |" in page
     assert "Test CPU, 2 threads" in page and "| C1 | a \\| b | p | +1.0 [+0.5, +1.5] | holds |" in page
     assert "| RA 2.2% | 69.6 | 33.8 ± 1.0 |" in page
+    assert "**Diagnosis: C2: what each annotation unit's labels cover" in page   # a diagnosis, mean over seeds
+    assert "| point | 31 | 2 |" in page
     # each undecided effect with the seeds that would decide it (the decided one is not listed)
     assert "| C2 | x − y | +1 | 1 | 3 | 10 |" in page and "| C2 | one seed | 2 |  | 1 | no estimate" in page
     assert "| C2 | decided |" not in page
