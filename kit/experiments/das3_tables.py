@@ -48,12 +48,13 @@ def sweep_seeds(cfg) -> list[int]:
     return list(cfg["sweep_seeds"] or cfg["seeds"][:1])
 
 
-def kl_true_predicted(ev, classes) -> float:
-    """KL(true ‖ predicted) of the class distributions of an ``eval_record`` (the notebook's ``kl``)."""
+def kl_true_predicted(true_share, pred_share, classes) -> float:
+    """KL(true ‖ predicted) of two class distributions (``{class: share}``, e.g. an ``eval_record``'s
+    ``true_share`` and ``pred_share``); the notebook's class-distribution figure uses it too."""
     import numpy as np
 
-    t = np.array([ev["true_share"][c] for c in classes]) + 1e-8
-    q = np.array([ev["pred_share"][c] for c in classes]) + 1e-8
+    t = np.array([true_share[c] for c in classes]) + 1e-8
+    q = np.array([pred_share[c] for c in classes]) + 1e-8
     return float(np.sum(t * np.log(t / q)))
 
 
@@ -76,7 +77,7 @@ def ablation(name: str, s: int, over: dict) -> Cell:
         ev, classes = _chain(cfg, seed, ds, s, **over)[1]["eval"], list(ds["target_val"].classes)
         return {"miou": ev["miou"], "stage": s, **{f"IoU {c}": v for c, v in ev["iou"].items()},
                 **{f"share {c}": ev["pred_share"][c] for c in classes},
-                **{f"true {c}": ev["true_share"][c] for c in classes}, KL: kl_true_predicted(ev, classes)}
+                **{f"true {c}": ev["true_share"][c] for c in classes}, KL: kl_true_predicted(ev["true_share"], ev["pred_share"], classes)}
     return Cell(name, run)
 
 
