@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .evaluation import _loader
 from .metrics import confusion_matrix, miou
 
 __all__ = ["level_probes", "fit_linear", "predict_linear", "deeplab_levels"]
@@ -64,13 +65,11 @@ def deeplab_levels(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def _features(model, levels_fn, dataset, items, layers, batch_size):
+def _features(model, levels_fn, dataset, max_items, layers, batch_size):
     feats = {k: [] for k in (*layers, "pixels")}
     labels = []
-    for lo in range(0, len(items), batch_size):
-        batch = [dataset[i] for i in items[lo:lo + batch_size]]
-        x = torch.stack([b[0] for b in batch])
-        labels.append(torch.stack([torch.as_tensor(b[1]) for b in batch]))
+    for x, y in _loader(dataset, max_items, batch_size):
+        labels.append(y)
         out = levels_fn(model, x.to(next(model.parameters()).device))
         for k in layers:
             feats[k].append(out[k].float().cpu())
@@ -98,8 +97,7 @@ def level_probes(model: nn.Module, source_train, source_val, target_val, num_cla
         raise ValueError("level_probes needs at least one image in each of source_train, source_val, target_val")
     was_training = model.training
     model.eval()
-    pick = lambda d: list(range(min(max_items, len(d))))  # noqa: E731
-    splits = {name: _features(model, levels_fn, d, pick(d), layers, batch_size)
+    splits = {name: _features(model, levels_fn, d, max_items, layers, batch_size)
               for name, d in (("train", source_train), ("source", source_val), ("target", target_val))}
     model.train(was_training)
     size = splits["train"][0][layers[0]].shape[-2:]

@@ -48,16 +48,15 @@ def class_proportions(dataset, num_classes: int, model: nn.Module | None = None,
     """The share of each class among the pixels of ``dataset`` [num_classes], summing to 1:
     of its labels (ignored pixels left out) or, with ``model``, of the model's argmax
     predictions on its images (every pixel)."""
-    from ..evaluation import predict
+    from ..evaluation import _loader, predict
 
     counts = torch.zeros(num_classes, dtype=torch.float64)
-    for lo in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]
+    for x, y in _loader(dataset, None, batch_size):
         if model is None:
-            y = torch.stack([torch.as_tensor(it[1]) for it in items]).flatten()
+            y = y.flatten()
             y = y[(y >= 0) & (y < num_classes)]
         else:
-            y = predict(model, torch.stack([it[0] for it in items]), amp=amp).argmax(1).flatten().cpu()
+            y = predict(model, x, amp=amp).argmax(1).flatten().cpu()
         counts += torch.bincount(y, minlength=num_classes)[:num_classes].double()
     if counts.sum() == 0:
         raise ValueError(f"no labelled pixel of classes 0..{num_classes - 1} in {dataset!r}")
