@@ -169,13 +169,14 @@ def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
     if name not in TRAINERS:
         raise ValueError(f"unknown trainer {name!r}; kit.fit.train knows {', '.join(sorted(TRAINERS))}")
     method, seed = TRAINERS[name], int(cfg["seeds"][0])
+    spec = _train_spec(method, cfg)
     data = None
     if method in ("source_only", "oracle"):   # the baselines' fit has no evaluation: evaluate here
         from .data import make_da_datasets
 
         data = make_da_datasets(cfg)
     with bypassed():
-        fitted = fit(method, cfg, seed, data, verbose=distributed.is_main(), **_train_spec(method, cfg))
+        fitted = fit(method, cfg, seed, data, verbose=distributed.is_main(), **spec)
     if data is not None and data.get("target_val") is not None:
         from .evaluation import evaluate
 
@@ -193,7 +194,7 @@ def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
         meta["stages"] = {s: m.get("eval") for s, m in fitted.parts["stages"].items()}
     ws = distributed.world_size()
     meta.update(method=name, seed=seed, world_size=ws, global_batch_size=int(cfg["batch_size"]) * ws,
-                config=dict(cfg), **_train_spec(method, cfg))
+                config=dict(cfg), **spec)
     if method == "cdcl":
         meta["datasets"] = list(cfg["datasets"])
     path = train_output_path(cfg, name)
