@@ -14,6 +14,7 @@ def x86(monkeypatch, tmp_path):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setenv("KIT_MACHINE_CACHE", str(tmp_path / "precision.json"))
+    monkeypatch.delenv(machine.AUTO_ENV, raising=False)   # these tests are about what the CPU decides
     return monkeypatch
 
 
@@ -42,6 +43,20 @@ def test_explicit_modes_force_the_precision(x86):
     assert amp_dtype("cpu", "off") is None
     with pytest.raises(ValueError, match="'auto', 'bf16' or 'off'"):
         amp_dtype("cpu", "fp16")
+
+
+def test_the_environment_can_decide_what_auto_means(x86):
+    """KIT_AMP_AUTO=bf16 makes `auto` bf16 on any CPU (the suite runs once that way, so that no
+    test assumes `auto` is fp32); fp32 the other way; anything else is refused by name."""
+    _native(x86, False, False)
+    x86.setenv(machine.AUTO_ENV, "bf16")
+    assert amp_dtype("cpu", "auto") == torch.bfloat16 and amp_dtype("cpu", "off") is None
+    _native(x86, True, True)
+    x86.setenv(machine.AUTO_ENV, "fp32")
+    assert amp_dtype("cpu", "auto") is None and amp_dtype("cpu", "bf16") == torch.bfloat16
+    x86.setenv(machine.AUTO_ENV, "fp16")
+    with pytest.raises(ValueError, match="KIT_AMP_AUTO='fp16'"):
+        amp_dtype("cpu", "auto")
 
 
 @pytest.mark.parametrize("env,value", [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")])
