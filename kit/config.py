@@ -6,7 +6,8 @@ sections decide what enters a model's cache key (:func:`kit.cache.model_key`).
 
 A notebook's ``parameters`` cell sets ``PROFILE`` and optionally overrides fields; the
 next cell calls :func:`resolve`. Unknown profile or field names fail loudly with the
-list of valid ones -- a typo in a papermill ``-p`` flag must never be silently ignored.
+list of valid ones -- a typo in a papermill ``-p`` flag must never be silently ignored --
+and so does a NaN or infinite number in any field (``-p lr=nan``), named with its value.
 
 =========  =============  ======================================================
 profile    where          purpose
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 from typing import Any, Mapping
 
 from .machine import AMP_MODES
@@ -146,7 +148,7 @@ class Config(dict):
     def hash(self) -> str:
         """A short stable hash of the fields that define a model: every field except those in the
         ``run`` and ``notebook`` sections (fields no method declares count too)."""
-        from .cache import config_hash
+        from .hashing import config_hash
 
         return config_hash({k: v for k, v in self.items() if _section_or_none(k) not in ("run", "notebook")})
 
@@ -193,6 +195,8 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
             f = float(value)
         except ValueError:
             raise TypeError(f"{key} expects an integer, got {value!r}") from None
+        if not math.isfinite(f):        # int() of these would fail with a message that names no field
+            raise ValueError(_not_finite(key, value))
         if f != int(f):
             raise TypeError(f"{key} expects an integer, got {value!r}")
         return int(f)
@@ -200,9 +204,12 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise TypeError(f"{key} expects a number, got {value!r}")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"{key} expects a number, got {value!r}") from None
+        if not math.isfinite(f):        # "nan", "inf" and "-inf" read as floats
+            raise ValueError(_not_finite(key, value))
+        return f
     if isinstance(default, (list, tuple)):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
@@ -264,7 +271,28 @@ def variant(cfg: Mapping[str, Any], method: str, **changes: Any) -> Config:
     return out
 
 
+def _not_finite(key: str, value: Any) -> str:
+    what = "hold finite numbers" if isinstance(value, (list, tuple, Mapping)) else "be a finite number"
+    return f"{key} must {what}, got {value!r} (NaN and infinity are not valid config values)"
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or holds (in lists, tuples, dicts), a NaN or infinite float."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
 def _validate(cfg: dict[str, Any]) -> None:
+    # every field, not only those _coerce checks: a field whose default is None (e.g. atp_lr) or a list
+    # takes a value as given, and a NaN there would only fail later, deep in the model cache's hashing
+    for key, value in cfg.items():
+        if _has_non_finite(value):
+            raise ValueError(_not_finite(key, value))
     if cfg["amp"] not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg['amp']!r}")
     for key in _BN_FIELDS:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kit import cache
-from kit.cache import CheckpointError, config_hash, load_checkpoint, load_or_train, save_checkpoint
+from kit.cache import CheckpointError, load_checkpoint, load_or_train, save_checkpoint
+from kit.hashing import config_hash
 
 
 def test_roundtrip(tmp_path):

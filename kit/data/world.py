@@ -360,7 +360,7 @@ class ToyWorld(Dataset):
     @property
     def fingerprint(self) -> str:
         """Changes whenever the rendered content could change (domain spec, renderer, split, size)."""
-        from ..cache import config_hash
+        from ..hashing import config_hash
 
         spec = {k: v for k, v in self.spec.__dict__.items() if k != "description"}
         return config_hash({"spec": spec, "renderer": RENDER_VERSION, "split": self.split, "size": self.size,

@@ -30,7 +30,7 @@ def data(cfg):
 
 def _chain(cfg, seed, ds, upto, **over):
     """The notebook's ``chain``: source model -> stages 1..upto with config fields ``over``; ``(model, meta)``."""
-    from ..cache import config_hash
+    from ..hashing import config_hash
     from ..methods import das3
 
     memo, target = ds["memo"], ds["target_train"]

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import load_or_train, model_key
+from ..cache import cache_name, load_into, load_or_train, model_key
 from ..config import Config, inherit
 from ..config import variant as config_variant
 from ..data import make_da_datasets
@@ -352,14 +352,15 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
             meta["target_eval"] = {**res.as_dict(), "confusion": res.confusion.tolist()}
         return state, meta
 
-    state, meta = load_or_train(f"adaptseg_{cfg['level']}", key, fit, cfg.get("cache_dir"), verbose=verbose)
-    model = build_model(_g_config(cfg), num_classes)
-    model.load_state_dict(state["model"])
-    model.eval()
-    discs = build_discriminators(cfg, model, num_classes)
-    for k, d in discs.items():
-        d.load_state_dict(state[f"d_{k}"])
-        d.eval()
+    name = f"adaptseg_{cfg['level']}"
+
+    def build(state):
+        model = build_model(_g_config(cfg), num_classes)
+        discs = build_discriminators(cfg, model, num_classes)
+        load_into(cache_name(name, key), {"model": model, **{f"d_{k}": d for k, d in discs.items()}}, state)
+        return model.eval(), {k: d.eval() for k, d in discs.items()}
+
+    (model, discs), meta = load_or_train(name, key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
     return model, discs, meta
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_or_train, model_key
+from ..cache import cache_name, load_into, load_or_train, model_key
 from ..data import REAL_LAYOUT, make_cdcl_datasets  # noqa: F401  (re-exported: their old home)
 from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
 from ..engine import Engine, History, evaluate, seed_everything
@@ -271,11 +271,12 @@ def load_or_train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], 
         model, hist = train_cdcl(cfg, kind, names, seed, ds, init_state)
         return {"model": model.state_dict()}, {"history": hist.to_dict()}
 
-    state, meta = load_or_train(f"cdcl_{kind}", key, fit, cfg.get("cache_dir"), verbose=verbose)
-    model, _ = _build(cfg, kind, names, ds)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, meta
+    def build(state):
+        model, _ = _build(cfg, kind, names, ds)
+        load_into(cache_name(f"cdcl_{kind}", key), {"model": model}, state)
+        return model.eval()
+
+    return load_or_train(f"cdcl_{kind}", key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
 
 
 def evaluate_cdcl(model: nn.Module, kind: str, names: Sequence[str], datasets: Mapping[str, Any],

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..cache import data_identity, load_or_train, model_key
+from ..cache import cache_name, data_identity, load_into, load_or_train, model_key
 from ..engine import evaluate
 from .supervised import build_model, load_or_train_baseline
 
@@ -66,9 +66,12 @@ def load_or_run_stage(stage: int, model: nn.Module, prev_key: str, target: Datas
             meta["eval"] = eval_record(res.model, val_set, cfg, vfp)
         return {"model": res.model.state_dict()}, meta
 
-    state, meta = load_or_train(f"das3-stage{stage}", key, run, cfg.get("cache_dir"), verbose=verbose)
-    out = copy.deepcopy(model)
-    out.load_state_dict(state["model"])
+    def build(state):
+        out = copy.deepcopy(model)
+        load_into(cache_name(f"das3-stage{stage}", key), {"model": out}, state)
+        return out
+
+    out, meta = load_or_train(f"das3-stage{stage}", key, run, cfg.get("cache_dir"), verbose=verbose, build=build)
     for p in out.parameters():
         p.requires_grad_(True)
     out.eval()

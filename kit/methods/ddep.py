@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import losses
-from ..cache import cache_name, load_or_train, model_key
+from ..cache import cache_name, load_into, load_or_train, model_key
 from ..data.subsets import RepeatTo, label_fraction_sets, label_subset  # noqa: F401  (re-exported: their old home)
 from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
@@ -275,7 +275,8 @@ def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: i
         return {"model": model.state_dict()}, {"history": hist.to_dict(), "miou": hist.val[-1]["miou"],
                                                "n_labeled": len(idx)}
 
-    state, meta = load_or_train("ddep_finetune", key, run, cfg.get("cache_dir"), verbose=verbose)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, meta
+    def build(state):
+        load_into(cache_name("ddep_finetune", key), {"model": model}, state)
+        return model.eval()
+
+    return load_or_train("ddep_finetune", key, run, cfg.get("cache_dir"), verbose=verbose, build=build)

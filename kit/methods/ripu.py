@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from .. import active, losses
-from ..cache import checkpoint_exists, load_or_train, model_key
+from ..cache import StaleCheckpointError, cache_name, checkpoint_exists, claim_run_dir, load_into, load_or_train, model_key
 from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, seed_everything
@@ -195,7 +195,8 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     ``target_train`` (else :func:`kit.methods.ripu_pool.label_resolution_dataset` decides). ``run_dir``: keep the
     engine checkpoint (``ripu_engine.pt``, every ``checkpoint_every`` iterations and at the end)
     and the pool's annotations (``ripu_pool/``) there; calling again with the same ``run_dir``
-    resumes a killed run with its labels.
+    resumes a killed run with its labels; a ``run_dir`` of a run with another config (another
+    cache key) is refused (:func:`kit.cache.claim_run_dir`).
     """
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
@@ -205,6 +206,8 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     labels = ds["target_labels"] if ds.get("target_labels") is not None else \
         label_resolution_dataset(cfg, ds["target_train"])
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:    # resume only a run of this very model, before its folder is read
+        claim_run_dir(run_dir, cache_name("ripu", ripu_key(cfg, seed, ds)), parts=("ripu_pool", "ripu_engine.pt"))
     pool = ActivePool(ds["target_train"], cfg["pool_size"], labels=labels,
                       storage=run_dir / "ripu_pool" if run_dir is not None else None)
     step = RIPUStep(cfg, pool, seed)
@@ -267,11 +270,16 @@ def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[
                 "pool_shape": list(pool.round_map.shape)}
         return {"model": model.state_dict(), "round_map": pool.round_map}, meta
 
-    state, meta = load_or_train(f"ripu_{cfg['acquisition']}_{cfg['mode']}", key, fit, cfg.get("cache_dir"),
-                                verbose=verbose)
-    model = build_model(cfg, num_classes)
-    model.load_state_dict(state["model"])
-    model.eval()
+    name = f"ripu_{cfg['acquisition']}_{cfg['mode']}"
+
+    def build(state):
+        model = build_model(cfg, num_classes)
+        load_into(cache_name(name, key), {"model": model}, state)
+        if "round_map" not in state:
+            raise StaleCheckpointError(f"{cache_name(name, key)} has no round_map")
+        return model.eval(), state
+
+    (model, state), meta = load_or_train(name, key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
     meta = dict(meta)
     meta["round_map"] = state["round_map"]
     return model, meta

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_or_train, model_key
+from ..cache import cache_name, load_into, load_or_train, model_key
 from ..config import Config
 from ..data import make_da_datasets
 from ..engine import Engine, evaluate, make_optimizer, seed_everything
@@ -129,8 +129,9 @@ def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapp
         model, hist = train_supervised(cfg, train_set, None, seed, desc=f"{kind} seed {seed}")
         return {"model": model.state_dict()}, {"history": hist.to_dict()}
 
-    state, meta = load_or_train(kind, key, train, cfg.get("cache_dir"), verbose=verbose)
-    model = build_model(cfg, train_set.num_classes)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, meta
+    def build(state):
+        model = build_model(cfg, train_set.num_classes)
+        load_into(cache_name(kind, key), {"model": model}, state)
+        return model.eval()
+
+    return load_or_train(kind, key, train, cfg.get("cache_dir"), verbose=verbose, build=build)
