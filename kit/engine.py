@@ -5,7 +5,8 @@ engine does everything generic: iteration-based schedule, any number of infinite
 resumable data streams (source, target, ...), poly learning-rate decay on every
 optimizer (with the 10x head multiplier of DeepLab papers), bf16 autocast and
 channels_last where they help, ``tqdm.auto`` progress, a history of losses and
-periodic validation, checkpoint and exact resume, a NaN/inf guard, and seeding.
+periodic validation, checkpoint and exact resume, a NaN/inf guard, a guard against
+labelled streams whose labels are all void (255), and seeding.
 
 A step function has the signature ``step(batch, engine) -> dict[str, Tensor | float]``:
 ``batch`` maps each stream name to its ``(images, labels)`` already on the device;
@@ -28,7 +29,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
 from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from .data import describe_dataset
+from .data.labels import IGNORE_INDEX
 from .evaluation import EvalResult, evaluate, predict  # noqa: F401  (re-exported: their old home)
 from .machine import amp_dtype, autocast, resolve_device, set_threads  # noqa: F401  (re-exported)
 
@@ -277,7 +280,19 @@ class Engine:
             evaluation and checkpoint writing happen on rank 0 only.
         find_unused_parameters: passed to DistributedDataParallel (for modules whose
             parameters do not all receive gradients in every iteration).
+        unlabelled: streams whose labels may be all void (255) by design and are not checked:
+            by default ``"target"``, the domain-adaptation target (unlabelled, or labelled over
+            time by active learning). Every other stream whose batches carry label maps
+            (``[B, H, W]`` integers) must show a labelled pixel within its first
+            :attr:`LABEL_CHECK_BATCHES` batches (or all of them in a shorter run), else ``run``
+            raises ``ValueError`` naming the dataset, before the step of that last batch: all-void
+            labels give a loss of 0 and a model that learnt nothing. Streams of per-item indices
+            (:class:`kit.data.Unlabeled`) carry no label maps and are never checked.
     """
+
+    #: batches of a labelled stream read before all-void labels count as a data error (one
+    #: all-void batch, e.g. a crop of an ignored region, is legitimate; twenty in a row are not)
+    LABEL_CHECK_BATCHES = 20
 
     def __init__(self, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
                  step: StepFn, data: Mapping[str, Dataset], batch_size: int | Mapping[str, int],
@@ -286,7 +301,8 @@ class Engine:
                  seed: int = 0, eval_fn: Callable[["Engine"], Mapping[str, float]] | None = None,
                  eval_every: int = 0, log_every: int = 10, checkpoint: str | Path | None = None,
                  checkpoint_every: int = 0, progress: bool = True, num_workers: int = 0,
-                 desc: str = "train", distributed: bool | None = None, find_unused_parameters: bool = False):
+                 desc: str = "train", distributed: bool | None = None, find_unused_parameters: bool = False,
+                 unlabelled: Collection[str] = ("target",)):
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.max_iters = iters if max_iters is None else int(max_iters)
@@ -330,6 +346,7 @@ class Engine:
                                        num_workers=num_workers if on_cpu(ds) else 0,
                                        pin_memory=pin and on_cpu(ds), rank=self.rank, world=self.world_size)
                         for i, (k, ds) in enumerate(data.items())}
+        self.unlabelled = frozenset(unlabelled)
         self.history = History()
         self.it = 0
         for m in self.modules.values():
@@ -466,6 +483,26 @@ class Engine:
             out[name] = v
         return out
 
+    def _check_labelled(self, seen: Mapping[str, bool], batches: int) -> None:
+        """Raise if a checked stream showed no labelled pixel in its first ``batches`` batches
+        (under distribution: on no process; every process calls this at the same iteration)."""
+        names = list(seen)
+        flags = [1.0 if seen[k] else 0.0 for k in names]
+        if self.distributed:
+            flags = dist_utils.all_reduce_mean(flags)   # > 0 where any process saw a labelled pixel
+        void = [k for k, f in zip(names, flags) if f == 0]
+        if not void:
+            return
+        k = void[0]
+        s = self.streams[k]
+        raise ValueError(
+            f"training stream {k!r} of {self.desc!r} has no labelled pixel in its first {batches} batch(es) "
+            f"({batches * s.batch_size * self.world_size} items) of {describe_dataset(s.dataset)}: every label "
+            f"pixel is {IGNORE_INDEX} (ignore), so the loss is 0 and nothing is learnt. Check the label files "
+            f"and the id mapping (Cityscapes needs *_gtFine_labelIds.png; label ids that all map to "
+            f"{IGNORE_INDEX}, such as 0 = unlabeled, leave nothing to learn). Data that is unlabelled by "
+            f"design belongs in a stream listed in Engine(unlabelled=...) or behind kit.data.Unlabeled.")
+
     def run(self) -> History:
         """Train until ``max_iters`` (resuming from the checkpoint if one exists)."""
         if self.checkpoint is not None and checkpoint_exists(self.checkpoint):
@@ -479,13 +516,24 @@ class Engine:
         t0 = time.perf_counter() - self.history.seconds
         running: dict[str, float] = {}
         n_run = 0
+        # all-void labels: look at the first batches of each labelled stream (on the CPU, before the
+        # copy to the device) until one shows a labelled pixel; decide at one iteration for all ranks
+        seen = {k: False for k in self.streams if k not in self.unlabelled}
+        check_at = min(self.it + self.LABEL_CHECK_BATCHES, self.max_iters)
+        start = self.it
         try:
             while self.it < self.max_iters:
                 self._set_lr()
                 batch = {}
                 for k, s in self.streams.items():
                     x, y = next(s)
+                    if k in seen and not seen[k]:
+                        # a batch of per-item indices or other non-map labels has nothing to check
+                        is_map = isinstance(y, torch.Tensor) and y.dim() >= 3 and not y.is_floating_point()
+                        seen[k] = not is_map or bool((y != IGNORE_INDEX).any())
                     batch[k] = (self.to_device(x), self.to_device(y))
+                if seen and self.it + 1 == check_at:
+                    self._check_labelled(seen, check_at - start)
                 losses = self.step_fn(batch, self)
                 self.it += 1
                 for name, v in self._check_losses(losses).items():

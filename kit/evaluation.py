@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .data import describe_dataset
+from .data.labels import IGNORE_INDEX
 from .machine import autocast
 from .metrics import ConfusionMatrix
 
@@ -83,6 +85,9 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None,
 
     Predictions are upsampled to the label size. Returns an :class:`EvalResult` with
     mIoU in percent. Extra keyword arguments are passed to the model (e.g. ``head=1``).
+    Raises ``ValueError`` naming the dataset when none of the evaluated labels has a labelled
+    pixel (every pixel 255 = ignore): there is nothing to score, and a NaN mIoU would pass
+    for a result.
     """
     classes = tuple(classes) if classes is not None else tuple(getattr(dataset, "classes", ()) or ()) or None
     if num_classes is None:
@@ -96,6 +101,13 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None,
         prob = predict(model, x, size=y.shape[-2:], flip=flip, amp=amp, **kw)
         cm.update(prob.argmax(1).cpu(), y)
     model.train(was_training)
+    if int(cm.matrix.sum()) == 0:
+        n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
+        raise ValueError(
+            f"evaluate: no labelled pixel in the {n} evaluated item(s) of {describe_dataset(dataset)}: every "
+            f"label pixel is {IGNORE_INDEX} (ignore), so there is no mIoU. Check the label files and the id "
+            f"mapping (Cityscapes needs *_gtFine_labelIds.png; label ids that all map to {IGNORE_INDEX}, such "
+            f"as 0 = unlabeled, leave nothing to score).")
     iou = cm.iou()
     return EvalResult(100 * cm.miou(), 100 * iou, cm.matrix, cm.pixel_accuracy(), classes)
 

@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from kit import data, engine, evaluation
-from kit.data import labels, mixing, real, wrappers
+from kit.data import folders, labels, mixing, wrappers
 from kit.methods import cdcl, das3, ddep
 
 
@@ -53,15 +53,15 @@ def test_bdd100k_and_camvid_readers_equal_the_folder_reader_cdcl_built(tmp_path)
         lab = np.full((8, 12), 5, np.uint8)
         lab[:, :4] = 11
         _save(lab, tmp_path / "camvid/valannot" / f"c{k}.png")
-    bdd = real.BDD100K(tmp_path / "bdd100k", "val")
-    bdd_folder = real.FolderSegmentation(tmp_path / "bdd100k/images/val", tmp_path / "bdd100k/labels/val",
-                                         classes=labels.CITYSCAPES_CLASSES, image_suffix=".jpg",
-                                         label_strip="_train_id")
+    bdd = folders.BDD100K(tmp_path / "bdd100k", "val")
+    bdd_folder = folders.FolderSegmentation(tmp_path / "bdd100k/images/val", tmp_path / "bdd100k/labels/val",
+                                            classes=labels.CITYSCAPES_CLASSES, image_suffix=".jpg",
+                                            label_strip="_train_id")
     lm = {i: i for i in range(11)}
     lm[11] = None
-    cam = real.CamVid(tmp_path / "camvid", "val")
-    cam_folder = real.FolderSegmentation(tmp_path / "camvid/val", tmp_path / "camvid/valannot", label_map=lm,
-                                         classes=labels.CAMVID_CLASSES)
+    cam = folders.CamVid(tmp_path / "camvid", "val")
+    cam_folder = folders.FolderSegmentation(tmp_path / "camvid/val", tmp_path / "camvid/valannot", label_map=lm,
+                                            classes=labels.CAMVID_CLASSES)
     for new, old in ((bdd, bdd_folder), (cam, cam_folder)):
         assert (len(new), new.classes) == (len(old), old.classes)
         for k in range(len(new)):
@@ -108,10 +108,3 @@ def test_split_modules_keep_their_old_import_paths():
     for name in ("CliError", "DEFAULT_PROFILE", "notebooks_dir", "list_notebooks", "find_notebook",
                  "notebook_parameters", "run_notebook"):
         assert getattr(cli, name) is getattr(notebook_runner, name), name
-
-
-def test_folder_readers_keep_their_old_home():
-    from kit.data import folders, real
-
-    assert real.FolderSegmentation is folders.FolderSegmentation
-    assert real.BDD100K is folders.BDD100K and real.CamVid is folders.CamVid

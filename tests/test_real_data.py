@@ -13,9 +13,8 @@ from kit.data.labels import (
     CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_13, SYNTHIA_16, SYNTHIA_ID_TO_TRAIN_ID,
     IdMapping, UnknownLabelIdError, apply_lut, make_lut, remap_to_subset, subset_classes,
 )
-from kit.data.real import (
-    GTA5, RESIZE_PRESETS, Cityscapes, FolderSegmentation, Synthia, decode_png, read_synthia_label,
-)
+from kit.data.folders import FolderSegmentation
+from kit.data.real import GTA5, RESIZE_PRESETS, Cityscapes, Synthia, decode_png, read_synthia_label
 from kit.data.transforms import Compose, Resize
 
 H, W = 16, 32

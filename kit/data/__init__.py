@@ -1,4 +1,5 @@
-"""Data: the toy world, real-dataset readers (:mod:`kit.data.real`), joint transforms,
+"""Data: the toy world, real-dataset readers (:mod:`kit.data.real`: Cityscapes, GTA5, SYNTHIA;
+:mod:`kit.data.folders`: your own image/label folders, BDD100K, CamVid), joint transforms,
 label spaces, image mixing (:mod:`kit.data.mixing`, ClassMix), dataset wrappers
 (:mod:`kit.data.wrappers`: :class:`Unlabeled`, alias ``ImagesOnly``) and labeled subsets
 for semi-supervised training (:mod:`kit.data.subsets`: seeded, nested label fractions).
@@ -25,7 +26,27 @@ from .world import DOMAINS, WORLD_CLASSES, ToyWorld, get_domain, render
 from .wrappers import ImagesOnly, Unlabeled
 
 __all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",
-           "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly", "make_cdcl_datasets", "REAL_LAYOUT"]
+           "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly", "make_cdcl_datasets", "REAL_LAYOUT",
+           "describe_dataset"]
+
+
+def describe_dataset(dataset: Any) -> str:
+    """A dataset named for an error message: its type, length and (where it has its own) repr;
+    a wrapper without a repr (``torch.utils.data.Subset``) names the dataset it wraps too.
+
+    >>> from torch.utils.data import Subset, TensorDataset
+    >>> describe_dataset(Subset(TensorDataset(torch.zeros(5)), [0, 1]))
+    'Subset of 2 items of TensorDataset of 5 items'
+    """
+    try:
+        n = f"{len(dataset)} items"
+    except TypeError:
+        n = "unknown length"
+    out = f"{type(dataset).__name__} of {n}"
+    if type(dataset).__repr__ is not object.__repr__:
+        return f"{out}: {dataset!r}"
+    inner = getattr(dataset, "dataset", None)
+    return f"{out} of {describe_dataset(inner)}" if inner is not None else out
 
 
 class ResizeImage:
@@ -90,16 +111,16 @@ REAL_LAYOUT = """<data_root>/cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg
 
 
 def _real_dataset(root: Path, name: str, split: str, size, train: bool):
-    from . import real
+    from . import folders, real
     from .transforms import Compose, RandomCrop, RandomHorizontalFlip
 
     tf = Compose([RandomCrop(size), RandomHorizontalFlip()]) if train else ResizeImage(size)
     if name == "cityscapes":
         return real.Cityscapes(root / "cityscapes", split, transform=tf)
     if name == "bdd100k":
-        return real.BDD100K(root / "bdd100k", split, transform=tf)
+        return folders.BDD100K(root / "bdd100k", split, transform=tf)
     if name == "camvid":
-        return real.CamVid(root / "camvid", split, transform=tf)
+        return folders.CamVid(root / "camvid", split, transform=tf)
     raise ValueError(f"unknown real dataset {name!r}; expected cityscapes, bdd100k or camvid laid out as\n{REAL_LAYOUT}")
 
 

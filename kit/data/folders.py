@@ -1,7 +1,7 @@
 """Folder readers: a generic image/label folder reader (your own data) and the two CDCL
 datasets read through it, BDD100K and CamVid (SegNet's 11-class release, colour labels).
 
-Part of :mod:`kit.data.real` (which re-exports them): same item format, same checks, same
+Built on :class:`kit.data.real.SegmentationFiles`: same item format, same checks, same
 errors naming the file or folder and the expected layout.
 """
 from __future__ import annotations

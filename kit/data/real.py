@@ -1,5 +1,6 @@
-"""Readers for the real benchmarks: Cityscapes, GTA5, SYNTHIA-RAND-CITYSCAPES, BDD100K and
-CamVid (the last two for CDCL), and a generic image/label folder reader (your own data).
+"""Readers for the real domain-adaptation benchmarks: Cityscapes, GTA5 and
+SYNTHIA-RAND-CITYSCAPES, on :class:`SegmentationFiles`, the base of every file reader (the
+generic image/label folder reader and BDD100K and CamVid live in :mod:`kit.data.folders`).
 
 Every reader is a ``torch.utils.data.Dataset`` whose items are ``(image, label)``:
 
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..hashing import config_hash, file_sha256, flush_file_hashes
 from .labels import (
     CITYSCAPES_CLASSES, CITYSCAPES_IDS, SYNTHIA_IDS, IdMapping,
     subset_classes, subset_for,
@@ -38,7 +40,7 @@ from .labels import (
 from .transforms import image_to_tensor
 
 __all__ = [
-    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia", "BDD100K", "CamVid", "FolderSegmentation",
+    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia",
     "read_image", "read_label_ids", "read_synthia_label", "decode_png", "png_header",
     "SegmentationFiles",
 ]
@@ -129,7 +131,7 @@ def read_label_ids(path) -> np.ndarray:
     """A single-channel label-id image (8-bit L/P, 16-bit I;16, 32-bit I) -> integer array.
 
     Palette ('P') PNGs give their palette indices (GTA5 stores its ids that way).
-    Color-coded labels are refused: they need a color map (see FolderSegmentation).
+    Color-coded labels are refused: they need a color map (see :class:`kit.data.folders.FolderSegmentation`).
     """
     try:
         with Image.open(path) as im:
@@ -215,19 +217,37 @@ class SegmentationFiles(Dataset):
     @property
     def fingerprint(self) -> str:
         """The identity of this reader's content for the model cache (:func:`kit.cache.model_key`):
-        the file names and sizes, the classes, the id mapping and the transform. Moving the dataset
-        to another folder keeps it; editing, adding or removing a file changes it."""
-        from ..cache import config_hash
+        the SHA-256 of every image and label file's bytes with its name (folder and file name, not
+        the absolute path), the classes, the id mapping and the transform. Moving the dataset to
+        another folder keeps it; editing a file's pixels (even at the same byte size), adding,
+        removing or renaming a file changes it.
 
+        Cost: the first call reads every file once (about 0.7 GB/s from the page cache on two CPU
+        cores: 1 GB in 1.4 s; Cityscapes' train split, ~6.5 GB, in about 10 s). The hashes are
+        remembered per file with its size, modification time and inode (:func:`kit.hashing.file_sha256`,
+        kept across processes in ``$KIT_HASH_STORE``: a new process takes ~15 ms for 500 files) and the
+        fingerprint on this reader, so later calls only ``stat`` the files. A file rewritten in place
+        whose size, modification time (e.g. restored with ``touch -r``) and inode all stay the same
+        is therefore not read again: delete the hash store to force a fresh read.
+        """
         def stable_repr(obj) -> str:
             # objects without their own __repr__ would print a memory address: name their type only
             return repr(obj) if type(obj).__repr__ is not object.__repr__ else type(obj).__qualname__
 
-        files = [[p.parent.name, p.name, p.stat().st_size] for p in self.image_paths + self.label_paths]
-        return config_hash({"type": type(self).__qualname__, "classes": list(self.classes), "files": files,
-                            "mapping": stable_repr(self.mapping), "transform": stable_repr(self.transform),
-                            "label_reader": getattr(self.label_reader, "__name__", stable_repr(self.label_reader))},
-                           length=16)
+        spec = {"type": type(self).__qualname__, "classes": list(self.classes),
+                "mapping": stable_repr(self.mapping), "transform": stable_repr(self.transform),
+                "label_reader": getattr(self.label_reader, "__name__", stable_repr(self.label_reader))}
+        paths = self.image_paths + self.label_paths
+        # stat-ing is cheap: it tells whether a file may have changed since the last call
+        stamps = tuple((st.st_size, st.st_mtime_ns, st.st_ino) for st in map(os.stat, paths))
+        memo = getattr(self, "_fingerprint_memo", None)
+        if memo is not None and memo[0] == stamps and memo[1] == spec:
+            return memo[2]
+        files = [[p.parent.name, p.name, file_sha256(p)] for p in paths]
+        flush_file_hashes()   # the next process reuses these hashes instead of reading the files again
+        fp = config_hash({**spec, "files": files}, length=16)
+        self._fingerprint_memo = (stamps, spec, fp)
+        return fp
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -253,7 +273,9 @@ class SegmentationFiles(Dataset):
         return image, label
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self)} items, {self.num_classes} classes, "
+        # the labels' folder: an error that names the dataset then says where to look
+        where = os.path.commonpath([str(p.parent) for p in self.label_paths]) if self.label_paths else "-"
+        return (f"{type(self).__name__}({len(self)} items, {self.num_classes} classes, labels in {where}, "
                 f"transform={self.transform!r})")
 
 
@@ -418,7 +440,3 @@ class Synthia(SegmentationFiles):
                          transform, max_items, label_reader=read_synthia_label)
         self.root = root
 
-
-# The folder readers (FolderSegmentation, BDD100K, CamVid) live in kit.data.folders; they
-# are re-exported here, their old home (imported last: folders.py builds on this module).
-from .folders import BDD100K, CamVid, FolderSegmentation  # noqa: E402,F401
