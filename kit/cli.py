@@ -20,8 +20,13 @@ The kernel gets ``KIT_HEADLESS=1`` (widgets render their static figure). Relativ
 (``runs/``, the cache) are relative to the directory ``kit`` is started in, which is
 also the kernel's working directory.
 
-Exit codes: 0 success; 1 a notebook or training failed, or nothing to summarise;
-2 a usage error (unknown notebook, parameter, method or profile).
+A notebook run that fails marks the notebook's previous ``metrics.json`` as failed
+(:func:`kit.results.mark_failed`): ``kit summary`` and the results page show the failure, not
+the earlier results as current. ``kit results-page`` writes no page without results and stops
+at a ``metrics.json`` that is not a readable record, naming it; the page is then left as it was.
+
+Exit codes: 0 success; 1 a notebook or training failed, or nothing to summarise (or to put on
+a results page); 2 a usage error (unknown notebook, parameter, method or profile).
 """
 from __future__ import annotations
 
@@ -122,8 +127,10 @@ def _yes_no(claim: dict) -> str:
 
 
 def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per ``<runs_dir>/*/metrics.json``: notebook, runtime_s, claims, hold, headline."""
-    from .results import load_metrics
+    """One row per ``<runs_dir>/*/metrics.json``: notebook, runtime_s, claims, hold, headline and
+    status ("ok", "failed": the last run failed and its earlier results are not counted, or
+    "unreadable": the file is not a readable record, named in the headline)."""
+    from .results import failed, load_metrics
 
     rows = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
@@ -131,7 +138,14 @@ def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
             m = load_metrics(path)
         except (ValueError, OSError) as e:
             rows.append({"notebook": path.parent.name, "runtime_s": None, "claims": 0, "hold": 0,
-                         "headline": f"unreadable metrics.json: {e}"})
+                         "headline": f"unreadable metrics.json: {e}", "status": "unreadable"})
+            continue
+        if failed(m):
+            error = " ".join(str(m.get("error") or "no error recorded").split())
+            rows.append({"notebook": m["notebook"], "runtime_s": m["runtime_s"], "claims": 0, "hold": 0,
+                         "headline": f"LAST RUN FAILED ({m.get('date', 'date not recorded')}): "
+                                     f"{error[:160]}{'...' if len(error) > 160 else ''}; earlier results not counted",
+                         "status": "failed"})
             continue
         claims = m["claims"]
         head = "; ".join(f"{c['id']} {_yes_no(c)}" for c in claims[:4])
@@ -141,7 +155,8 @@ def summary_rows(runs_dir: str | Path) -> list[dict[str, Any]]:
             first = str(claims[0].get("claim", ""))
             head += f" -- {claims[0]['id']}: {first[:60]}{'...' if len(first) > 60 else ''}"
         rows.append({"notebook": m["notebook"], "runtime_s": m["runtime_s"], "claims": len(claims),
-                     "hold": sum(1 for c in claims if c.get("holds") is True), "headline": head or "(no claims)"})
+                     "hold": sum(1 for c in claims if c.get("holds") is True), "headline": head or "(no claims)",
+                     "status": "ok"})
     return rows
 
 
@@ -163,7 +178,10 @@ def print_summary(profile: str, runs_dir_root: str | Path | None = None, stream=
         rt = "-" if r["runtime_s"] is None else f"{float(r['runtime_s']):.1f}"
         print(f"{r['notebook']:<{w}}  {rt:>9}  {r['claims']:>6}  {r['hold']:>4}  {r['headline']}", file=stream)
     total, hold = sum(r["claims"] for r in rows), sum(r["hold"] for r in rows)
-    print(f"{len(rows)} notebook(s), {hold} of {total} claims hold", file=stream)
+    bad = [f"{sum(r['status'] == k for r in rows)} {k}" for k in ("failed", "unreadable")
+           if any(r["status"] == k for r in rows)]
+    print(f"{len(rows)} notebook(s), {hold} of {total} claims hold" + (f" ({', '.join(bad)})" if bad else ""),
+          file=stream)
     return 0
 
 
@@ -284,11 +302,20 @@ def _cmd_reproduce(args) -> int:
         for c in m["claims"]:
             print(f"  {c['id']}: {c.get('verdict')} -- {c['here']}")
     if args.page:
-        from .report import write_results_page
-
-        out = write_results_page(profile, Path("docs") / f"results-{profile}.md", args.runs or runs_root())
-        print(f"[kit] wrote {out}")
+        _write_page(profile, Path("docs") / f"results-{profile}.md", args.runs or runs_root())
     return 0
+
+
+def _write_page(profile: str, out: Path, runs: Path | str) -> None:
+    """Write the results page; a page without results or an unreadable metrics.json is an error
+    (exit 1) naming the file, and leaves ``out`` as it was."""
+    from .report import write_results_page
+
+    try:
+        out = write_results_page(profile, out, runs)
+    except ValueError as e:
+        raise CliError(str(e), 1) from None
+    print(f"[kit] wrote {out}")
 
 
 def _cmd_info(args) -> int:
@@ -302,7 +329,6 @@ def _cmd_info(args) -> int:
 
 def _cmd_results_page(args) -> int:
     from .config import PROFILES
-    from .report import write_results_page
 
     profile = args.profile or DEFAULT_PROFILE
     if profile not in PROFILES:
@@ -311,8 +337,7 @@ def _cmd_results_page(args) -> int:
     if not (runs / profile).is_dir():
         raise CliError(f"no runs for profile {profile!r}: {runs / profile}/ does not exist. "
                        f"Run `kit run-all --profile {profile}` first.")
-    out = write_results_page(profile, args.out or Path("docs") / f"results-{profile}.md", runs)
-    print(f"[kit] wrote {out}")
+    _write_page(profile, Path(args.out) if args.out else Path("docs") / f"results-{profile}.md", runs)
     return 0
 
 

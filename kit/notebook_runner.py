@@ -6,8 +6,10 @@
 inspection); :func:`run_notebook` checks the given parameters against it (an unknown one is a
 :class:`CliError` before any kernel starts) and executes the notebook with papermill into
 ``runs/<profile>/<stem>.ipynb``, with ``KIT_HEADLESS=1``, returning 0 on success and 1 when a
-cell failed (including error outputs that the kernel reported as ok). Split out of
-``kit/cli.py``, which still exports these names.
+cell failed (including error outputs that the kernel reported as ok). A run that fails once
+its kernel is started marks the notebook's previous ``runs/<profile>/<stem>/metrics.json`` as
+failed (:func:`kit.results.mark_failed`), so that its results no longer pass for current ones.
+Split out of ``kit/cli.py``, which still exports these names.
 """
 from __future__ import annotations
 
@@ -152,6 +154,15 @@ def _error_outputs(path: Path) -> list[tuple[int, Any, dict]]:
     return found
 
 
+def _mark_failed(metrics: Path, error: str, runtime_s: float, stream) -> None:
+    """Mark the notebook's previous record failed (if it has one) and say so."""
+    from .results import mark_failed
+
+    if mark_failed(metrics, error, runtime_s) is not None:
+        print(f"[kit] marked {metrics} as failed: its earlier results are no longer shown as current "
+              f"(the record is kept in it under 'previous')", file=stream, flush=True)
+
+
 def run_notebook(notebook: str | Path, profile: str | None = None, params: Mapping[str, Any] | None = None,
                  out_dir: str | Path | None = None, cell_timeout: float | None = None, kernel: str = "python3",
                  log_output: bool = False, stream=None) -> int:
@@ -159,6 +170,12 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
 
     Raises :class:`CliError` (before starting a kernel) for an unknown notebook or
     parameter. ``profile`` None = ``params["PROFILE"]`` if given, else "quick".
+
+    When the run fails (a cell raised, e.g. on a parameter value the notebook's config
+    rejects, a timeout, a dead kernel, an interrupt), the notebook's previous record
+    ``runs/<profile>/<stem>/metrics.json`` (``<RUN_DIR>/metrics.json`` with ``-p RUN_DIR``) is
+    marked failed with the error (:func:`kit.results.mark_failed`). A command rejected before
+    the kernel starts leaves it alone: nothing was run.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -178,6 +195,9 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
     out_dir = Path(out_dir) if out_dir is not None else runs_root() / str(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{path.stem}.ipynb"
+    # where the notebook's Run writes its record (kit.results.Run: cfg.run_dir, else runs/<profile>/<stem>)
+    run_dir = params.get("RUN_DIR")
+    metrics = (Path(run_dir) if run_dir else runs_root() / str(profile) / path.stem) / "metrics.json"
     shown = " ".join(f"{k}={v!r}" for k, v in params.items())
     print(f"[kit] running {path} -> {out}  {shown}", file=stream, flush=True)
     t0 = time.perf_counter()
@@ -187,6 +207,9 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
             papermill.execute_notebook(
                 str(path), str(out), parameters=params, kernel_name=kernel, progress_bar=sys.stderr.isatty(),
                 log_output=log_output, execution_timeout=cell_timeout)
+    except KeyboardInterrupt:
+        _mark_failed(metrics, f"kit run {path.stem} was interrupted", time.perf_counter() - t0, stream)
+        raise
     except PapermillExecutionError as e:
         source = e.args[2] if len(e.args) > 2 else None
         failed = (f"cell {e.cell_index} (execution count {e.exec_count}) `{_first_line(source)}` raised "
@@ -204,6 +227,7 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
     if failed is not None:
         print(f"[kit] FAILED {path.stem} after {dt:.1f} s: {failed}\n[kit] executed notebook with the error: {out}",
               file=stream, flush=True)
+        _mark_failed(metrics, f"kit run {path.stem} failed: {failed}", dt, stream)
         return 1
     print(f"[kit] ok {path.stem} in {dt:.1f} s -> {out}", file=stream, flush=True)
     return 0

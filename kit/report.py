@@ -3,7 +3,11 @@
 
 The page is written, never edited by hand: it names the machine and the date each run
 recorded, every claim with its verdict and the effect sizes with their 95% intervals, and
-the paper's numbers next to the kit's. A notebook without a run is listed as missing.
+the paper's numbers next to the kit's. A notebook without a run is listed as missing, one
+whose last run failed (:func:`kit.results.mark_failed`) as failed, without the results of the
+run before. A ``metrics.json`` that is not a readable record stops the page with an error
+naming it, and :func:`write_results_page` writes no page without results (it would replace
+a page that has them).
 """
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .cache import atomic_write_bytes, runs_root
-from .results import load_metrics, verdict
+from .cache import runs_root
+from .hashing import atomic_write_bytes
+from .results import failed, load_metrics, verdict
 from .stats import mean_sd, seeds_needed
 
 __all__ = ["PAPER_TABLES", "PER_SEED", "DIAGNOSES", "NOTEBOOKS", "results_page", "write_results_page"]
@@ -121,10 +126,20 @@ def _undecided_budget(claims: Iterable[Mapping[str, Any]]) -> Iterable[dict]:
                     "no effect measured" if mean == 0 else "more than 10000")}
 
 
-def _reproduced(base: Path) -> list[str]:
+def _failed_line(m: Mapping[str, Any], path: Path, profile: str) -> str:
+    """The line a notebook or experiment whose last run failed gets instead of its results."""
+    kept = (f" the record of the run before it is kept in `{path}` under `previous`"
+            if m.get("previous") else " no earlier run is recorded")
+    error = _cell(m.get("error") or "no error recorded")
+    return (f"**The last run at profile `{profile}` failed** ({m.get('date', 'date not recorded')}): {error}. "
+            f"Its results are not shown;{kept}.")
+
+
+def _reproduced(base: Path, status: dict[str, list[str]]) -> list[str]:
     """The section of the experiments run by ``kit reproduce`` (``<base>/reproduce/**/metrics.json``):
     per experiment, its claims and its paper-vs-here table. Their claims are not added to the
-    notebooks' tally above them (the notebooks decide the same claims on the same models)."""
+    notebooks' tally above them (the notebooks decide the same claims on the same models).
+    Adds each experiment's name to ``status["ok"]`` or ``status["failed"]``."""
     paths = sorted((base / "reproduce").rglob("metrics.json")) if (base / "reproduce").is_dir() else []
     if not paths:
         return []
@@ -133,6 +148,11 @@ def _reproduced(base: Path) -> list[str]:
            "as the notebooks; a claim here is the same function of the same table the notebook records."]
     for path in paths:
         m = load_metrics(path)
+        if failed(m):
+            status["failed"].append(m["notebook"])
+            out += ["", f"### `{m['notebook']}`", "", _failed_line(m, path, m["profile"])]
+            continue
+        status["ok"].append(m["notebook"])
         cfg = m.get("config") or {}
         out += ["", f"### `{m['notebook']}` · {cfg.get('paper', '')}: {cfg.get('reference', '')}", "",
                 f"Run {m.get('date', 'date not recorded')}, seeds {m['seeds']}, {m['runtime_s']:.0f} s; "
@@ -161,9 +181,17 @@ def _mean_over_seeds(rows: list[Mapping[str, Any]]) -> list[dict]:
 
 
 def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
-    """The Markdown of the results page for ``profile`` from ``<runs_dir>/<profile>/*/metrics.json``."""
+    """The Markdown of the results page for ``profile`` from ``<runs_dir>/<profile>/*/metrics.json``.
+    Raises ValueError naming a ``metrics.json`` that is not a readable record."""
+    return _page(profile, runs_dir)[0]
+
+
+def _page(profile: str, runs_dir: str | Path | None = None) -> tuple[str, dict[str, list[str]]]:
+    """:func:`results_page` and the notebooks and experiments it shows, ``{"ok": [...], "failed": [...]}``
+    (those with results, those whose last run failed)."""
     base = Path(runs_dir or runs_root()) / profile
     counts = {"holds": 0, "does not hold": 0, "undecided": 0, "not run": 0}
+    status: dict[str, list[str]] = {"ok": [], "failed": []}
     sections: list[str] = []
     for nb, title in NOTEBOOKS.items():
         path = base / nb / "metrics.json"
@@ -172,6 +200,11 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
             sections.append(f"No run at profile `{profile}` (`{path}` does not exist).")
             continue
         m = load_metrics(path)
+        if failed(m):
+            status["failed"].append(nb)
+            sections.append(_failed_line(m, path, profile))
+            continue
+        status["ok"].append(nb)
         sections.append(f"Run {m.get('date', 'date not recorded')}, seeds {m['seeds']}, {m['runtime_s']:.0f} s; "
                         f"machine: {_machine(m.get('machine'))}.")
         sections += ["", "**Claims**", ""]
@@ -205,7 +238,7 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
                 per_seed = all("seed" in r for r in diag)
                 sections += ["", f"**Diagnosis: {what}** (`{name}`{', mean over seeds' if per_seed else ''})", ""]
                 sections += _table(_mean_over_seeds(diag) if per_seed else diag)
-    sections += _reproduced(base)
+    sections += _reproduced(base, status)
     head = [
         f"# Results at the `{profile}` profile",
         "",
@@ -223,12 +256,34 @@ def results_page(profile: str, runs_dir: str | Path | None = None) -> str:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in counts.items()],
     ]
-    return "\n".join(head + sections) + "\n"
+    if status["failed"]:
+        head += ["", f"Last run failed, so no results are shown for: {', '.join(f'`{n}`' for n in status['failed'])} "
+                 "(the section of each says why)."]
+    return "\n".join(head + sections) + "\n", status
 
 
 def write_results_page(profile: str, out: str | Path, runs_dir: str | Path | None = None) -> Path:
-    """Write :func:`results_page` to ``out`` (atomically); returns the path."""
+    """Write :func:`results_page` to ``out`` (atomically); returns the path.
+
+    Refuses (ValueError naming ``out`` and the profile; nothing is written) when no notebook and
+    no ``kit reproduce`` experiment of ``profile`` has results -- e.g. after only ``kit train``, or
+    when every last run failed: such a page says nothing, and it would replace a page that has
+    results. It is refused where no page exists yet too, so that the rule does not depend on
+    what ``out`` holds. Raises ValueError naming ``out`` and a ``metrics.json`` that is not a readable
+    record.
+    """
     out = Path(out)
+    try:
+        page, status = _page(profile, runs_dir)
+    except ValueError as e:   # a metrics.json that is not a readable record (named in the message)
+        raise ValueError(f"not writing {out}: {e}") from None
+    if not status["ok"]:
+        base = Path(runs_dir or runs_root()) / profile
+        why = (f"the last run of {', '.join(status['failed'])} failed" if status["failed"] else
+               f"there is no {base}/<notebook>/metrics.json nor {base}/reproduce/**/metrics.json")
+        kept = f"; {out} is left as it was" if out.exists() else ""
+        raise ValueError(f"not writing {out}: no run at profile {profile!r} has results ({why}){kept}. "
+                         f"Run `kit run-all --profile {profile}` or `kit reproduce --all --profile {profile}` first.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, results_page(profile, runs_dir).encode())
+    atomic_write_bytes(out, page.encode())
     return out

@@ -8,6 +8,10 @@ notebooks::
      "results": {...},                      # the notebook's tables, as tidy records
      "claims": [{"id": "C1", "claim": "...", "paper": "...", "here": "...", "holds": true}]}
 
+A failed run marks its notebook's previous record instead of leaving it to pass for current
+(:func:`mark_failed`): ``"status": "failed"``, the error, no results and no claims, and the earlier
+record whole under ``"previous"``.
+
 Claims are *computed* from results by the notebook (``holds`` is the value of a
 comparison on measured numbers), never typed in. :func:`~kit.stats.effect` turns per-seed
 numbers into a mean difference with its t interval (``scipy.stats``), paired by seed where
@@ -22,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .cache import atomic_write_bytes, runs_root
+from .cache import runs_root
+from .hashing import atomic_write_bytes
 # the statistics live in kit/stats.py; imported here so that kit.results.effect & co. keep working
 from .stats import HOLDS, VERDICTS, Effect, all_hold, effect, mean_sd, seeds_needed  # noqa: F401
 
-__all__ = ["Effect", "HOLDS", "Run", "all_hold", "effect", "load_metrics", "load_result", "mean_sd", "seeds_needed", "verdict"]
+__all__ = ["Effect", "FAILED", "HOLDS", "Run", "all_hold", "effect", "failed", "load_metrics", "load_result",
+           "mark_failed", "mean_sd", "seeds_needed", "verdict"]
 
 
 def _clean(x: Any) -> Any:
@@ -167,29 +173,112 @@ class Run:
         return path
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
 def load_metrics(path: str | Path) -> dict:
-    """Read and check a metrics.json (raises ValueError naming the missing keys)."""
-    data = json.loads(Path(path).read_text())
+    """Read and check a metrics.json. Raises ValueError naming the file and what is wrong with it:
+    not JSON (with the line and column), JSON but not an object, or lacking keys of the schema.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "metrics.json"
+    >>> _ = p.write_text('{"notebook": "00_introduction", "results": {')
+    >>> load_metrics(p)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: .../metrics.json is not valid JSON (Expecting property name ... at line 1, column 45); rerun ...
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:   # its message names no file
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                         f"{_REDO}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON (not UTF-8 text: {e.reason} at byte {e.start}); {_REDO}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {_JSON_TYPES.get(type(data), type(data).__name__)}, not the JSON object "
+                         f"of a metrics record; {_REDO}")
     missing = {"notebook", "profile", "seeds", "runtime_s", "results", "claims"} - set(data)
     if missing:
         raise ValueError(f"{path} lacks keys {sorted(missing)} of the metrics schema")
+    if not isinstance(data["results"], dict) or not isinstance(data["claims"], list):
+        raise ValueError(f"{path}: 'results' must be a JSON object and 'claims' an array of the metrics schema")
     for c in data["claims"]:
+        if not isinstance(c, dict):
+            raise ValueError(f"{path}: a claim is {_JSON_TYPES.get(type(c), type(c).__name__)}, not a JSON object")
         for k in ("id", "claim", "paper", "here", "holds"):
             if k not in c:
                 raise ValueError(f"{path}: claim {c.get('id')} lacks {k!r}")
     return data
 
 
+_REDO = "rerun the notebook (or `kit reproduce` experiment) that writes it, or move the file away"
+
+#: the ``status`` of a record whose last run failed (:func:`mark_failed`); a record without ``status`` is a
+#: completed run's
+FAILED = "failed"
+
+
+def failed(record: Mapping[str, Any]) -> bool:
+    """Whether a metrics record is that of a failed run (:func:`mark_failed`)."""
+    return record.get("status") == FAILED
+
+
+def mark_failed(path: str | Path, error: str, runtime_s: float | None = None) -> Path | None:
+    """Mark the ``metrics.json`` at ``path`` as that of a failed run, so that no reader takes the
+    results of the run before it for current ones: ``status`` "failed", the ``error`` and the
+    ``date`` of the failure, no results and no claims; the record as it was is kept whole under
+    ``previous`` (after a second failure, still the last completed run's). Returns the path, or
+    None when nothing was marked: no file (nothing to mistake for current), or a file that is
+    not a readable record (its readers report it as unreadable; it is left for inspection).
+
+    >>> import tempfile
+    >>> r = Run("demo", {"profile": "quick", "seeds": [0], "run_dir": tempfile.mkdtemp()})
+    >>> _ = r.claim("C1", "a beats b", "Table 1", "+1", True)
+    >>> m = load_metrics(mark_failed(r.save(), "cell 3 raised ValueError: boom"))
+    >>> failed(m), m["error"], m["claims"], m["previous"]["claims"][0]["holds"]
+    (True, 'cell 3 raised ValueError: boom', [], True)
+    """
+    from datetime import datetime, timezone
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        old = load_metrics(path)
+    except (ValueError, OSError):
+        return None
+    record = {
+        "notebook": old["notebook"], "profile": old["profile"], "seeds": old["seeds"],
+        "runtime_s": None if runtime_s is None else round(runtime_s, 1),
+        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+        "status": FAILED, "error": error, "results": {}, "claims": [],
+        "previous": old.get("previous") if failed(old) else old,
+    }
+    atomic_write_bytes(path, json.dumps(_clean(record), indent=1, default=str).encode())
+    return path
+
+
 def load_result(path: str | Path, table: str) -> Any:
     """The table ``table`` of another notebook's run (its ``metrics.json`` at ``path``), e.g.
     ``load_result("runs/quick/01_adaptsegnet/metrics.json", "main_summary")``; None when that
-    notebook has not been run (no file). Raises ValueError naming the recorded tables when the
-    run exists but lacks ``table``.
+    notebook has not been run (no file) or its last run failed (with a warning: the results of
+    the run before are not current). Raises ValueError naming the file when it is not a readable
+    record, and naming the recorded tables when the run exists but lacks ``table``.
     """
+    import warnings
+
     path = Path(path)
     if not path.exists():
         return None
-    results = load_metrics(path)["results"]
+    m = load_metrics(path)
+    if failed(m):
+        warnings.warn(f"{path}: the last run of {m['notebook']} failed ({m.get('error')}); "
+                      f"its results are not used", stacklevel=2)
+        return None
+    results = m["results"]
     if table not in results:
         raise ValueError(f"{path} has no result {table!r}; it records {sorted(results)}")
     return results[table]

@@ -223,27 +223,42 @@ def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None 
               runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print) -> Path:
     """Run experiment ``id`` at ``profile`` and write its ``metrics.json`` (same schema as a
     notebook's: the per-seed table, the paper-vs-here summary, each claim with its effects
-    and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path."""
+    and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path.
+
+    An unknown experiment, profile or parameter name raises ValueError and touches nothing; a
+    run that fails after that (a parameter value the config rejects, an error while training,
+    an interrupt) marks the experiment's previous ``metrics.json`` as failed
+    (:func:`kit.results.mark_failed`) and raises the error."""
     from ..cache import runs_root
-    from ..results import Run
+    from ..results import Run, mark_failed
 
     exp = get(id)
     params = dict(params or {})
     run_dir = params.pop("run_dir", None) or Path(runs_dir or runs_root()) / profile / "reproduce" / id
-    cfg = exp.config(profile, run_dir=str(run_dir), **params)
+    # the names alone first (a None value keeps the default): a typo is a usage error, not a failed run
+    exp.config(profile, **dict.fromkeys(params))
     t0 = time.perf_counter()
-    table = exp.run(cfg, log=log)
-    run = Run(id, cfg)
-    run.t0 = t0
-    run.add("table", table)
-    run.add("paper_vs_here", exp.summary(table))
-    for c in exp.claims:
-        try:
-            effects = c.effects(table)
-        except ValueError as e:   # a claim this data cannot test (e.g. no source val split)
-            run.skip(c.id, c.text, c.paper, f"not testable here: {e}")
-            continue
-        run.claim_effect(c.id, c.text, c.paper, effects)
-    run.config = {**run.config, "experiment": id, "paper": exp.paper, "reference": exp.reference,
-                  "notebook": exp.notebook}
-    return run.save()
+    try:
+        cfg = exp.config(profile, run_dir=str(run_dir), **params)
+        table = exp.run(cfg, log=log)
+        run = Run(id, cfg)
+        run.t0 = t0
+        run.add("table", table)
+        run.add("paper_vs_here", exp.summary(table))
+        for c in exp.claims:
+            try:
+                effects = c.effects(table)
+            except ValueError as e:   # a claim this data cannot test (e.g. no source val split)
+                run.skip(c.id, c.text, c.paper, f"not testable here: {e}")
+                continue
+            run.claim_effect(c.id, c.text, c.paper, effects)
+        run.config = {**run.config, "experiment": id, "paper": exp.paper, "reference": exp.reference,
+                      "notebook": exp.notebook}
+        return run.save()
+    except BaseException as e:   # an interrupt too: the previous record is no longer the current one
+        marked = mark_failed(Path(run_dir) / "metrics.json", f"kit reproduce {id} failed: {type(e).__name__}: {e}",
+                             time.perf_counter() - t0)
+        if marked is not None and log:
+            log(f"[kit] marked {marked} as failed: its earlier results are no longer shown as current "
+                f"(the record is kept in it under 'previous')")
+        raise
