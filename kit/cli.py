@@ -294,7 +294,7 @@ def _cmd_reproduce(args) -> int:
     for i in chosen:
         t0 = time.perf_counter()
         try:
-            path = experiments.reproduce(i, profile, params, runs_dir=args.runs)
+            path = experiments.reproduce(i, profile, params, runs_dir=args.runs, jobs=args.jobs)
         except (ValueError, TypeError) as e:
             raise CliError(f"{i}: {e}") from None
         m = json.loads(path.read_text())
@@ -323,7 +323,13 @@ def _cmd_info(args) -> int:
 
     machine.set_threads(None)            # measure with the threads a notebook would use
     d = machine.info(measure=not args.no_measure)
-    print(json.dumps(d, indent=1) if args.json else machine.format_info(d))
+    from .jobs import auto_jobs, threads_per_job
+
+    jobs = auto_jobs()
+    d["jobs_auto"] = {"workers": jobs, "threads_each": threads_per_job(jobs)}
+    text = (machine.format_info(d) + f"\njobs auto     {jobs} worker(s) x {d['jobs_auto']['threads_each']} thread(s) "
+            "(kit reproduce --jobs: models trained at the same time)")
+    print(json.dumps(d, indent=1) if args.json else text)
     return 0
 
 
@@ -390,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config field of the experiment's method, e.g. -p SEEDS=[0,1]")
     p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
+    p.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="train the models an experiment needs N at a time, each worker with its share of the "
+                   "cores (default auto: one per free core, as memory allows; see `kit info`); the results "
+                   "do not depend on it")
     p.add_argument("--page", action="store_true", help="then write the results page docs/results-<profile>.md "
                    "(the notebooks' runs and these experiments)")
     p.set_defaults(func=_cmd_reproduce)

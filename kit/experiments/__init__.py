@@ -118,6 +118,30 @@ class Experiment:
                         f"({time.perf_counter() - t:.1f} s)")
         return pd.DataFrame(rows)
 
+    def tasks(self, cfg, seeds: Sequence[int] | None = None, cells: Sequence[str] | None = None) -> list:
+        """The run's cells as :class:`kit.jobs.Task` s, one per cell and seed, cell-major (every
+        seed of a row before the next row: the baselines a later row starts from come first)."""
+        from ..jobs import Task
+
+        if seeds is None:
+            seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
+        pool = tuple(self.grid(cfg)) if self.grid is not None else self.cells
+        chosen = pool if cells is None else tuple(_named(pool, c, self.id) for c in cells)
+        return [Task(_run_cell, (self.id, dict(cfg), c.name, int(s)), name=f"{self.id} | {c.name} | seed {s}")
+                for c in chosen for s in seeds]
+
+    def prefetch(self, cfg, jobs: int | str | None = "auto", seeds: Sequence[int] | None = None,
+                 cells: Sequence[str] | None = None, threads: int | None = None,
+                 log: Callable[[str], None] | None = print) -> None:
+        """Train (into the model cache) every model a :meth:`run` with the same arguments needs,
+        ``jobs`` at a time (:func:`kit.jobs.run_tasks`); the run then loads them. With one job
+        it does nothing: the run trains them itself, in the same order as ever."""
+        from ..jobs import resolve_jobs, run_tasks
+
+        tasks = self.tasks(cfg, seeds, cells)
+        if resolve_jobs(jobs, len(tasks)) > 1:
+            run_tasks(tasks, jobs, threads=threads, log=log)
+
     def cell(self, name: str) -> Cell:
         return _named(self.cells, name, self.id)
 
@@ -132,6 +156,25 @@ class Experiment:
         the cells ran when the experiment has a ``grid``)."""
         order = list(dict.fromkeys(table["cell"])) if self.grid is not None else [c.name for c in self.cells]
         return summary(table, {c.name: c.paper for c in self.cells}, order)
+
+
+#: a worker's data per (experiment, config): built once, shared by the worker's tasks
+_WORKER_DATA: dict[tuple[str, str], Any] = {}
+
+
+def _run_cell(id: str, cfg: Mapping[str, Any], cell: str, seed: int) -> None:
+    """One cell for one seed in a worker process (:meth:`Experiment.prefetch`): its models land
+    in the cache; the record is computed again (from the cache) by the run that follows."""
+    from ..config import Config
+
+    exp = get(id)
+    cfg = Config(cfg)
+    pool = tuple(exp.grid(cfg)) if exp.grid is not None else exp.cells
+    key = (id, cfg.hash())
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()
+        _WORKER_DATA[key] = exp.data(cfg)
+    _named(pool, cell, id).run(cfg, int(seed), _WORKER_DATA[key])
 
 
 def _named(cells: Sequence[Cell], name: str, id: str) -> Cell:
@@ -220,10 +263,13 @@ def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> l
 # --- running one outside Jupyter ------------------------------------------------------------
 
 def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None = None,
-              runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print) -> Path:
+              runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+              jobs: int | str | None = 1) -> Path:
     """Run experiment ``id`` at ``profile`` and write its ``metrics.json`` (same schema as a
     notebook's: the per-seed table, the paper-vs-here summary, each claim with its effects
-    and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path.
+    and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path. ``jobs``:
+    train the models it needs that many at a time first (:meth:`Experiment.prefetch`; ``"auto"``:
+    :func:`kit.jobs.auto_jobs`); the table is the same as with one.
 
     An unknown experiment, profile or parameter name raises ValueError and touches nothing; a
     run that fails after that (a parameter value the config rejects, an error while training,
@@ -240,6 +286,7 @@ def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None 
     t0 = time.perf_counter()
     try:
         cfg = exp.config(profile, run_dir=str(run_dir), **params)
+        exp.prefetch(cfg, jobs, log=log)
         table = exp.run(cfg, log=log)
         run = Run(id, cfg)
         run.t0 = t0
