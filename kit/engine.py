@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
-from .cache import CheckpointError, checkpoint_exists, load_checkpoint, save_checkpoint
+from .cache import checkpoint_exists, load_checkpoint, load_into, save_checkpoint
 from .data import describe_dataset
 from .data.labels import IGNORE_INDEX
 from .evaluation import EvalResult, evaluate, predict  # noqa: F401  (re-exported: their old home)
@@ -418,10 +418,8 @@ class Engine:
 
     def load(self, path: str | Path) -> None:
         state, meta = load_checkpoint(path, map_location="cpu")
-        for k, m in self.raw_modules.items():
-            if f"module.{k}" not in state:
-                raise CheckpointError(f"checkpoint {path} has no weights for module {k!r}")
-            m.load_state_dict(state[f"module.{k}"])
+        # a missing module, or weights of another layout: a CheckpointError naming what differs
+        load_into(path, {f"module.{k}": m for k, m in self.raw_modules.items()}, state)
         for k, o in self.optimizers.items():
             if f"optim.{k}" in state:
                 o.load_state_dict(state[f"optim.{k}"])

@@ -218,6 +218,23 @@ def test_fault8_a_checkpoint_of_another_layout_is_set_aside_and_retrained(tmp_pa
     assert fit("source_only", cfg, 0).meta["cached"] is True
 
 
+def test_fault8_a_resume_checkpoint_of_another_layout_names_what_changed(tmp_path):
+    """An Engine resumed from a checkpoint of another network: a CheckpointError that names the
+    checkpoint and the parameters that differ, not a raw load_state_dict error."""
+    def engine(width):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, width, 1), torch.nn.Conv2d(width, 11, 1))
+        opt = make_optimizer("sgd", net, 0.01)
+        data = {"train": torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8), torch.randint(0, 11, (4, 8, 8)))}
+        step = lambda batch, e: {"loss": torch.nn.functional.cross_entropy(  # noqa: E731
+            e.modules["model"](batch["train"][0]), batch["train"][1])}
+        return Engine({"model": net}, {"model": opt}, step, data, 2, 2, amp="off", progress=False, device="cpu",
+                      checkpoint=tmp_path / "ck.pt", checkpoint_every=1)
+
+    engine(4).run()
+    with pytest.raises(CheckpointError, match=r"ck\.pt.*do not fit.*other shapes"):
+        engine(5).load(tmp_path / "ck.pt")
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. malformed cache entries and a misplaced cache get clear errors
 # ---------------------------------------------------------------------------------------------
