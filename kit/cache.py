@@ -9,7 +9,7 @@ match the recorded hash -- is incomplete and is never loaded as valid.
 
 Keys. :func:`model_key` derives a trained model's key from its config: the fields of the
 sections that define a model (:data:`kit.config.KEY_SECTIONS`; never ``run`` or
-``notebook``), the identity of its data (:func:`data_identity`), its seed, and the keys of
+``notebook``), the identity of its data (:func:`kit.hashing.data_identity`), its seed, and the keys of
 the cached models it starts from. No method keeps a list of fields of its own.
 """
 from __future__ import annotations
@@ -26,88 +26,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .hashing import atomic_write_bytes, config_hash, umask_mode
+from .hashing import atomic_write_bytes, config_hash, data_identity, umask_mode
 
-__all__ = ["model_key", "data_identity", "content_fingerprint", "cache_name", "runs_root", "cache_root", "save_checkpoint", "load_checkpoint",
+__all__ = ["model_key", "cache_name", "runs_root", "cache_root", "save_checkpoint", "load_checkpoint",
            "checkpoint_exists", "load_or_train", "bypassed", "key_lock", "load_into", "claim_run_dir", "CheckpointError",
            "StaleCheckpointError", "CacheError"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, partial or corrupt."""
-
-
-#: items of a dataset without a ``fingerprint`` whose content identifies it
-FINGERPRINT_ITEMS = 8
-
-
-def _hash_item(h, obj: Any) -> None:
-    """Feed one dataset item (tensors, arrays, numbers, nested tuples / dicts) into ``h``."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif hasattr(obj, "__array__") and hasattr(obj, "dtype") and hasattr(obj, "shape"):  # numpy arrays
-        import numpy as np
-
-        a = np.ascontiguousarray(obj)
-        h.update(f"A{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    elif isinstance(obj, Mapping):
-        for k in sorted(obj, key=str):
-            h.update(f"K{k!s}".encode())
-            _hash_item(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)}".encode())
-        for v in obj:
-            _hash_item(h, v)
-    else:
-        h.update(f"V{obj!r}".encode())
-
-
-def content_fingerprint(dataset: Any, items: int = FINGERPRINT_ITEMS) -> str:
-    """An identity of ``dataset`` computed from its content: its type, length, classes (if it
-    names them) and a SHA-256 of ``items`` items at evenly spaced indices (first and last
-    included). Deterministic for a deterministic dataset; a dataset with random augmentation
-    gets a new one in every process (its models are then retrained, never confused)."""
-    try:
-        n = len(dataset)
-    except TypeError:
-        raise TypeError(f"cannot identify dataset {dataset!r} for the model cache: it has no len(); give it a "
-                        "`fingerprint` attribute (a string that changes whenever its content does)") from None
-    h = hashlib.sha256()
-    classes = getattr(dataset, "classes", None)
-    h.update(json.dumps({"type": type(dataset).__qualname__, "len": n,
-                         "classes": list(classes) if classes is not None else None,
-                         "num_classes": getattr(dataset, "num_classes", None)}, default=str).encode())
-    k = min(int(items), n)
-    idx = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else list(range(k))
-    for i in idx:
-        try:
-            item = dataset[i]
-        except Exception as e:  # noqa: BLE001 - name the dataset and the item
-            raise RuntimeError(f"cannot identify dataset {type(dataset).__name__} for the model cache: reading item "
-                               f"{i} failed ({e}); give it a `fingerprint` attribute") from e
-        h.update(f"I{i}".encode())
-        _hash_item(h, item)
-    return "content-" + h.hexdigest()[:16]
-
-
-def data_identity(dataset: Any) -> str | None:
-    """What a model key records about a dataset: its ``fingerprint`` attribute when it has one
-    (the toy world, the real readers), else :func:`content_fingerprint`, computed once and kept
-    on the object as ``fingerprint``. ``None`` for no dataset."""
-    if dataset is None:
-        return None
-    fp = getattr(dataset, "fingerprint", None)
-    if fp is not None:
-        return str(fp)
-    fp = content_fingerprint(dataset)
-    try:
-        dataset.fingerprint = fp
-    except (AttributeError, TypeError):   # a read-only property or __slots__: compute it again next time
-        pass
-    return fp
 
 
 #: the version of what a cached model is: bumped whenever a change of the code changes the

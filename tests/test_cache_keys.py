@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from kit.cache import cache_name, content_fingerprint, data_identity, model_key
+from kit.cache import cache_name, model_key
+from kit.hashing import content_fingerprint, data_identity
 from kit.config import KEY_SECTIONS, METHODS, PROFILES, SECTIONS, fields, key_fields, resolve, section_of
 
 

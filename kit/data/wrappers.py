@@ -50,9 +50,9 @@ class Unlabeled(Dataset):
 
     @property
     def fingerprint(self):
-        """The identity of the images: the wrapped dataset's (:func:`kit.cache.data_identity`,
+        """The identity of the images: the wrapped dataset's (:func:`kit.hashing.data_identity`,
         a content fingerprint when it has no ``fingerprint`` of its own)."""
-        from ..cache import data_identity
+        from ..hashing import data_identity
 
         return data_identity(self.dataset)
 

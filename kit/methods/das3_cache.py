@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..cache import cache_name, data_identity, load_into, load_or_train, model_key
+from ..cache import cache_name, load_into, load_or_train, model_key
+from ..hashing import data_identity
 from ..engine import evaluate
 from .supervised import build_model, load_or_train_baseline
 
