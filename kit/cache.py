@@ -21,6 +21,7 @@ import io
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -157,6 +158,8 @@ def key_lock(path: str | os.PathLike, *, wait_message: str | None = None):
                     if wait_message:
                         print(wait_message, flush=True)
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as e:        # a filesystem without flock (some network mounts)
+                    _warn_no_locks(lp.parent, e)
             entry[2] = fd
         entry[1] += 1
         try:
@@ -168,6 +171,16 @@ def key_lock(path: str | os.PathLike, *, wait_message: str | None = None):
                 os.close(fd)                  # closing the descriptor releases the flock
     finally:
         rlock.release()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_no_locks(folder: Path, err: OSError) -> None:
+    if str(folder) not in _WARNED:
+        _WARNED.add(str(folder))
+        warnings.warn(f"{folder} does not support file locks ({err.strerror or err}): processes that share it "
+                      "may train the same model twice (each save stays whole)", RuntimeWarning, stacklevel=3)
 
 
 def _remove_stale_temps(path: Path) -> None:
