@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SET = ("intro/baselines", "adaptseg/main")
 
 
-def run(profile: str, jobs: str, amp: str, seeds: str | None) -> dict:
+def run(profile: str, jobs: str, amp: str, seeds: str | None, exps=SET) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "KIT_CACHE": str(Path(tmp) / "cache"), "KIT_RUNS": str(Path(tmp) / "runs")}
-        cmd = [sys.executable, "-m", "kit", "reproduce", *SET, "--profile", profile, "--jobs", jobs, "-p", f"amp={amp}"]
+        cmd = [sys.executable, "-m", "kit", "reproduce", *exps, "--profile", profile, "--jobs", jobs, "-p", f"amp={amp}"]
         if seeds:
             cmd += ["-p", f"seeds={seeds}"]
         t0 = time.perf_counter()
@@ -49,17 +49,18 @@ def main() -> int:
     ap.add_argument("--jobs", nargs="+", default=["1", "2"])
     ap.add_argument("--amp", default="off", help="off (fp32) | bf16 | auto")
     ap.add_argument("--seeds", default=None, help="override the profile's seeds, e.g. [0,1]")
+    ap.add_argument("--set", nargs="+", default=list(SET), help=f"the experiments (default {' '.join(SET)})")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from kit import machine
 
-    rows = [run(args.profile, j, args.amp, args.seeds) for j in args.jobs]
+    rows = [run(args.profile, j, args.amp, args.seeds, args.set) for j in args.jobs]
     base = rows[0]["models_per_hour"]
     for r in rows:
         r["vs_first"] = round(r["models_per_hour"] / base, 2)
         print(f"jobs {r['jobs']:>4}  amp {r['amp']:<4}  {r['models']} models in {r['wall_s']:7.1f} s  "
               f"{r['models_per_hour']:7.1f} models/h  ({r['vs_first']:.2f}x)")
-    out = {"set": SET, "profile": args.profile, "machine": machine.info(measure=False), "rows": rows,
+    out = {"set": args.set, "seeds": args.seeds, "profile": args.profile, "machine": machine.info(measure=False), "rows": rows,
            "date": time.strftime("%Y-%m-%d")}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -272,6 +272,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from . import experiments
+    from .jobs import JobError
     from .machine import set_threads
 
     params, leftovers = parse_params(args.param)
@@ -291,10 +292,21 @@ def _cmd_reproduce(args) -> int:
         raise CliError(str(e)) from None
     set_threads(params.pop("threads", None))
     profile = args.profile or DEFAULT_PROFILE
+    if len(chosen) > 1:     # one pool of workers for every experiment's models, then each table
+        try:
+            for i in chosen:
+                experiments.get(i).config(profile, **dict.fromkeys(params))   # names first: a typo trains nothing
+            experiments.prefetch(chosen, profile, params, jobs=args.jobs)
+        except (ValueError, TypeError) as e:
+            raise CliError(str(e)) from None
+        except JobError as e:   # the table that needs the failed model runs it again and reports it
+            print(f"[kit] {str(e).splitlines()[0]}; the experiments that need those models run them again below",
+                  flush=True)
     for i in chosen:
         t0 = time.perf_counter()
         try:
-            path = experiments.reproduce(i, profile, params, runs_dir=args.runs, jobs=args.jobs)
+            path = experiments.reproduce(i, profile, params, runs_dir=args.runs,
+                                         jobs=args.jobs if len(chosen) == 1 else 1)
         except (ValueError, TypeError) as e:
             raise CliError(f"{i}: {e}") from None
         m = json.loads(path.read_text())

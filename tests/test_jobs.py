@@ -81,3 +81,18 @@ def test_workers_asking_for_one_model_train_it_once(tmp_path):
     log = tmp_path / "log.txt"
     run_tasks([Task(_ask_for_shared_model, (str(tmp_path / "cache"), str(log))) for _ in range(4)], jobs=2, log=None)
     assert log.read_text() == "trained\n"
+
+
+def test_cli_reproduce_several_experiments_with_one_pool(tmp_path, monkeypatch):
+    """`kit reproduce A B --jobs 2`: one pool trains both experiments' models, then each table is
+    written from the cache; the baselines both use train once."""
+    from kit.cli import main
+
+    monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path / "cache"))
+    assert main(["reproduce", "intro/baselines", "adaptseg/main", "--profile", "smoke", "--jobs", "2",
+                 "-p", "seeds=[0]"]) == 0
+    for i in ("intro/baselines", "adaptseg/main"):
+        assert (tmp_path / "runs" / "smoke" / "reproduce" / i / "metrics.json").is_file()
+    names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("*.pt"))
+    assert names.count("source_only") == 1 and names.count("oracle") == 1

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..results import Effect, effect
 
-__all__ = ["Cell", "Claim", "Experiment", "register", "get", "ids", "reproduce", "by_cell", "paired",
+__all__ = ["Cell", "Claim", "Experiment", "register", "get", "ids", "reproduce", "prefetch", "by_cell", "paired",
            "summary"]
 
 
@@ -168,7 +168,7 @@ def _run_cell(id: str, cfg: Mapping[str, Any], cell: str, seed: int) -> None:
     from ..config import Config
 
     exp = get(id)
-    cfg = Config(cfg)
+    cfg = Config({**cfg, "progress": False})     # workers report through kit.jobs' lines, not bars
     pool = tuple(exp.grid(cfg)) if exp.grid is not None else exp.cells
     key = (id, cfg.hash())
     if key not in _WORKER_DATA:
@@ -261,6 +261,20 @@ def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> l
 
 
 # --- running one outside Jupyter ------------------------------------------------------------
+
+def prefetch(ids: Sequence[str], profile: str = "quick", params: Mapping[str, Any] | None = None,
+             jobs: int | str | None = "auto", log: Callable[[str], None] | None = print) -> None:
+    """Train the models of several experiments into the cache in one pool of ``jobs`` workers
+    (:func:`kit.jobs.run_tasks`): one start-up for all of them, and a worker that finishes one
+    experiment's models goes on with the next one's. :func:`reproduce` then finds them cached."""
+    from ..jobs import resolve_jobs, run_tasks
+
+    params = dict(params or {})
+    params.pop("run_dir", None)
+    tasks = [t for i in ids for t in get(i).tasks(get(i).config(profile, **params))]
+    if resolve_jobs(jobs, len(tasks)) > 1:
+        run_tasks(tasks, jobs, log=log)
+
 
 def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None = None,
               runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
