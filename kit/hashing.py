@@ -132,6 +132,7 @@ def _save_store(store: Path) -> None:
     except (OSError, ValueError):
         data = {}
     data.update({p: [*stamp, h] for p, (stamp, h) in _MEMO.items()})
+    data = {p: v for p, v in data.items() if os.path.exists(p)}     # files deleted since: forget them
     try:
         atomic_write_bytes(store, json.dumps(data, separators=(",", ":")).encode())
     except OSError:
