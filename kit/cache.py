@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
 import hashlib
 import io
 import json
@@ -187,13 +188,9 @@ def _remove_stale_temps(path: Path) -> None:
     """Delete the temporary files a killed writer of ``path`` left (call with its lock held:
     no live writer of this checkpoint can own them then)."""
     for target in (path, path.with_suffix(".json")):
-        for tmp in path.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        for tmp in path.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Path:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
 from .cache import checkpoint_exists, load_checkpoint, load_into, save_checkpoint
-from .data import describe_dataset
+from .data import VOID_LABELS_HINT, describe_dataset
 from .data.labels import IGNORE_INDEX
 from .evaluation import EvalResult, evaluate, predict  # noqa: F401  (re-exported: their old home)
 from .machine import amp_dtype, autocast, resolve_device, set_threads  # noqa: F401  (re-exported)
@@ -496,10 +496,8 @@ class Engine:
         raise ValueError(
             f"training stream {k!r} of {self.desc!r} has no labelled pixel in its first {batches} batch(es) "
             f"({batches * s.batch_size * self.world_size} items) of {describe_dataset(s.dataset)}: every label "
-            f"pixel is {IGNORE_INDEX} (ignore), so the loss is 0 and nothing is learnt. Check the label files "
-            f"and the id mapping (Cityscapes needs *_gtFine_labelIds.png; label ids that all map to "
-            f"{IGNORE_INDEX}, such as 0 = unlabeled, leave nothing to learn). Data that is unlabelled by "
-            f"design belongs in a stream listed in Engine(unlabelled=...) or behind kit.data.Unlabeled.")
+            f"pixel is {IGNORE_INDEX} (ignore), so the loss is 0 and nothing is learnt. {VOID_LABELS_HINT} "
+            f"Data that is unlabelled by design belongs in a stream listed in Engine(unlabelled=...) or behind kit.data.Unlabeled.")
 
     def run(self) -> History:
         """Train until ``max_iters`` (resuming from the checkpoint if one exists)."""

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import describe_dataset
+from .data import VOID_LABELS_HINT, describe_dataset
 from .data.labels import IGNORE_INDEX
 from .machine import autocast
 from .metrics import ConfusionMatrix
@@ -105,9 +105,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int | None = None,
         n = len(dataset) if max_items is None else min(max_items, len(dataset))  # type: ignore[arg-type]
         raise ValueError(
             f"evaluate: no labelled pixel in the {n} evaluated item(s) of {describe_dataset(dataset)}: every "
-            f"label pixel is {IGNORE_INDEX} (ignore), so there is no mIoU. Check the label files and the id "
-            f"mapping (Cityscapes needs *_gtFine_labelIds.png; label ids that all map to {IGNORE_INDEX}, such "
-            f"as 0 = unlabeled, leave nothing to score).")
+            f"label pixel is {IGNORE_INDEX} (ignore), so there is no mIoU. {VOID_LABELS_HINT}")
     iou = cm.iou()
     return EvalResult(100 * cm.miou(), 100 * iou, cm.matrix, cm.pixel_accuracy(), classes)
 

@@ -98,6 +98,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 # ----------------------------------------------------------------------------------
 _MEMO: dict[str, tuple[tuple[int, int, int], str]] = {}
 _STORE_LOADED: set[str] = set()
+#: stores with hashes this process computed and has not written yet (:func:`flush_file_hashes`)
+_DIRTY: set[str] = set()
 _LOCK = threading.Lock()
 
 
@@ -166,11 +168,9 @@ def file_sha256(path: str | os.PathLike, *, remember: bool = True) -> str:
         return digest
     with _LOCK:
         _MEMO[key] = (stamp, digest)
-        _DIRTY.add(str(store) if store is not None else "")
+        if store is not None:
+            _DIRTY.add(str(store))
     return digest
-
-
-_DIRTY: set[str] = set()
 
 
 def flush_file_hashes() -> None:

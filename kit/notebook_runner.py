@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .cache import runs_root
+from .results import run_folder
 
 __all__ = ["CliError", "DEFAULT_PROFILE", "notebooks_dir", "list_notebooks", "find_notebook", "notebook_parameters",
            "run_notebook"]
@@ -195,9 +196,7 @@ def run_notebook(notebook: str | Path, profile: str | None = None, params: Mappi
     out_dir = Path(out_dir) if out_dir is not None else runs_root() / str(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{path.stem}.ipynb"
-    # where the notebook's Run writes its record (kit.results.Run: cfg.run_dir, else runs/<profile>/<stem>)
-    run_dir = params.get("RUN_DIR")
-    metrics = (Path(run_dir) if run_dir else runs_root() / str(profile) / path.stem) / "metrics.json"
+    metrics = run_folder(path.stem, str(profile), params.get("RUN_DIR")) / "metrics.json"   # where its Run writes
     shown = " ".join(f"{k}={v!r}" for k, v in params.items())
     print(f"[kit] running {path} -> {out}  {shown}", file=stream, flush=True)
     t0 = time.perf_counter()

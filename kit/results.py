@@ -32,7 +32,7 @@ from .hashing import atomic_write_bytes
 from .stats import HOLDS, VERDICTS, Effect, all_hold, effect, mean_sd, seeds_needed  # noqa: F401
 
 __all__ = ["Effect", "FAILED", "HOLDS", "Run", "all_hold", "effect", "failed", "load_metrics", "load_result",
-           "mark_failed", "mean_sd", "seeds_needed", "verdict"]
+           "mark_failed", "mean_sd", "run_folder", "seeds_needed", "verdict"]
 
 
 def _clean(x: Any) -> Any:
@@ -75,6 +75,12 @@ def verdict(claim: Mapping[str, Any]) -> str:
     return {True: "holds", False: "does not hold"}.get(claim.get("holds"), "undecided")
 
 
+def run_folder(notebook: str, profile: str, run_dir: str | Path | None = None) -> Path:
+    """Where a notebook's run writes ``metrics.json`` and figures: ``run_dir`` when given (the
+    ``RUN_DIR`` parameter), else ``runs/<profile>/<notebook>``."""
+    return Path(run_dir or runs_root() / profile / notebook)
+
+
 class Run:
     """Collects a notebook's results, claims and figures and writes them to its run folder."""
 
@@ -82,7 +88,7 @@ class Run:
         self.notebook = notebook
         self.profile = cfg["profile"]
         self.seeds = list(cfg["seeds"])
-        self.dir = Path(cfg.get("run_dir") or runs_root() / self.profile / notebook)
+        self.dir = run_folder(notebook, self.profile, cfg.get("run_dir"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self.results: dict[str, Any] = {}

@@ -27,7 +27,12 @@ from .wrappers import ImagesOnly, Unlabeled
 
 __all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",
            "CITYSCAPES_CLASSES", "ResizeImage", "Unlabeled", "ImagesOnly", "make_cdcl_datasets", "REAL_LAYOUT",
-           "describe_dataset"]
+           "describe_dataset", "VOID_LABELS_HINT"]
+
+
+#: what to check when a dataset has no labelled pixel (training and evaluation say it alike)
+VOID_LABELS_HINT = (f"Check the label files and the id mapping (Cityscapes needs *_gtFine_labelIds.png; label ids "
+                    f"that all map to {IGNORE_INDEX}, such as 0 = unlabeled, leave no labelled pixel).")
 
 
 def describe_dataset(dataset: Any) -> str:

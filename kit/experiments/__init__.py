@@ -99,11 +99,7 @@ class Experiment:
         in the order seed-major."""
         import pandas as pd
 
-        if seeds is None:
-            seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
-        seeds = list(seeds)
-        pool = tuple(self.grid(cfg)) if self.grid is not None else self.cells
-        chosen = pool if cells is None else tuple(_named(pool, c, self.id) for c in cells)
+        seeds, chosen = self.plan(cfg, seeds, cells)
         data = self.data(cfg)
         rows = []
         for seed in seeds:
@@ -118,15 +114,23 @@ class Experiment:
                         f"({time.perf_counter() - t:.1f} s)")
         return pd.DataFrame(rows)
 
+    def plan(self, cfg, seeds: Sequence[int] | None = None,
+             cells: Sequence[str] | None = None) -> tuple[list[int], tuple[Cell, ...]]:
+        """The seeds and cells a run with these arguments takes: ``seeds`` (default the
+        experiment's ``seeds(cfg)``, else ``cfg.seeds``) and the cells named (default all of
+        ``grid(cfg)``, else ``cells``)."""
+        if seeds is None:
+            seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
+        pool = tuple(self.grid(cfg)) if self.grid is not None else self.cells
+        chosen = pool if cells is None else tuple(_named(pool, c, self.id) for c in cells)
+        return [int(s) for s in seeds], chosen
+
     def tasks(self, cfg, seeds: Sequence[int] | None = None, cells: Sequence[str] | None = None) -> list:
         """The run's cells as :class:`kit.jobs.Task` s, one per cell and seed, cell-major (every
         seed of a row before the next row: the baselines a later row starts from come first)."""
         from ..jobs import Task
 
-        if seeds is None:
-            seeds = self.seeds(cfg) if self.seeds is not None else cfg["seeds"]
-        pool = tuple(self.grid(cfg)) if self.grid is not None else self.cells
-        chosen = pool if cells is None else tuple(_named(pool, c, self.id) for c in cells)
+        seeds, chosen = self.plan(cfg, seeds, cells)
         return [Task(_run_cell, (self.id, dict(cfg), c.name, int(s)), name=f"{self.id} | {c.name} | seed {s}")
                 for c in chosen for s in seeds]
 
@@ -169,12 +173,12 @@ def _run_cell(id: str, cfg: Mapping[str, Any], cell: str, seed: int) -> None:
 
     exp = get(id)
     cfg = Config({**cfg, "progress": False})     # workers report through kit.jobs' lines, not bars
-    pool = tuple(exp.grid(cfg)) if exp.grid is not None else exp.cells
+    _, (chosen,) = exp.plan(cfg, [seed], [cell])
     key = (id, cfg.hash())
     if key not in _WORKER_DATA:
         _WORKER_DATA.clear()
         _WORKER_DATA[key] = exp.data(cfg)
-    _named(pool, cell, id).run(cfg, int(seed), _WORKER_DATA[key])
+    chosen.run(cfg, int(seed), _WORKER_DATA[key])
 
 
 def _named(cells: Sequence[Cell], name: str, id: str) -> Cell:
