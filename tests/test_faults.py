@@ -403,16 +403,22 @@ def _record(path: Path, notebook: str, profile: str = "quick", holds: bool = Tru
 
 # --- 2: a results page without results does not replace one with results -----------------------------
 
-def test_fault2_results_page_without_metrics_does_not_overwrite_the_page(project, capsys):
-    (project / "runs" / "quick" / "train").mkdir(parents=True)       # after `kit train` only
+def _refused_page(project, capsys) -> str:
+    """`kit results-page --profile quick` over a committed page with results: exit 1, the page as
+    it was; returns what it printed on stderr."""
     page = project / "docs" / "results-quick.md"
     page.parent.mkdir()
     page.write_text(PAGE_WITH_RESULTS)
     assert main(["results-page", "--profile", "quick"]) == 1
-    err = capsys.readouterr().err
+    assert page.read_text() == PAGE_WITH_RESULTS
+    return capsys.readouterr().err
+
+
+def test_fault2_results_page_without_metrics_does_not_overwrite_the_page(project, capsys):
+    (project / "runs" / "quick" / "train").mkdir(parents=True)       # after `kit train` only
+    err = _refused_page(project, capsys)
     assert "kit: error: not writing docs/results-quick.md: no run at profile 'quick' has results" in err
     assert "docs/results-quick.md is left as it was" in err and "kit run-all --profile quick" in err
-    assert page.read_text() == PAGE_WITH_RESULTS
 
 
 def test_fault2_results_page_without_results_is_not_written_where_none_exists(project):
@@ -581,14 +587,10 @@ def test_fault10_summary_and_results_page_report_a_corrupt_file(project, capsys)
     out = capsys.readouterr().out
     assert f"unreadable metrics.json: {bad} is not valid JSON" in out
     assert "C1 yes" in out and "(1 unreadable)" in out
-    page = project / "docs" / "results-quick.md"
-    page.parent.mkdir()
-    page.write_text(PAGE_WITH_RESULTS)
-    assert main(["results-page", "--profile", "quick"]) == 1
-    err = capsys.readouterr().err
+    err = _refused_page(project, capsys)
     assert "kit: error: not writing docs/results-quick.md: " in err
     assert f"{bad} is not valid JSON" in err
-    assert "Traceback" not in err and page.read_text() == PAGE_WITH_RESULTS
+    assert "Traceback" not in err
     # a failed rerun leaves a corrupt file as it is, for inspection
     from kit.results import mark_failed
 
