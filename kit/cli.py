@@ -255,6 +255,7 @@ def _cmd_train(args) -> int:
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     info = distributed.init_distributed()
+    ok = False
     try:
         if info.rank == 0:
             print(f"[kit] training {args.method!r}, profile {cfg['profile']!r}, {info.world_size} process(es)"
@@ -265,8 +266,9 @@ def _cmd_train(args) -> int:
         if info.rank == 0:
             print(f"[kit] trained {args.method!r} in {time.perf_counter() - t0:.1f} s"
                   + (f" -> {path}" if path else ""), flush=True)
+        ok = True
     finally:
-        distributed.cleanup()
+        distributed.cleanup(sync=ok)
     return 0
 
 

@@ -43,6 +43,7 @@ iterations only need ``Engine(..., find_unused_parameters=True)``.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import NamedTuple, Sequence
 
@@ -131,10 +132,20 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (no-op without one)."""
-    if is_initialized():
-        dist.destroy_process_group()
+def cleanup(sync: bool = False) -> None:
+    """Leave the process group (no-op without one).
+
+    ``sync=True`` is the orderly end of a run that succeeded on every rank: the objects that
+    still hold the group (a DistributedDataParallel's reducer) are freed first, then every
+    process waits for the others, so no rank shuts its connections down while another still
+    uses them. Leave it False on an error path, where another rank may never arrive.
+    """
+    if not is_initialized():
+        return
+    if sync:
+        gc.collect()
+        barrier()
+    dist.destroy_process_group()
 
 
 def comm_device() -> torch.device:
