@@ -27,10 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SET = ("intro/baselines", "adaptseg/main")
 
 
-def run(profile: str, jobs: str, amp: str, seeds: str | None, exps=SET) -> dict:
+def run(profile: str, jobs: str, amp: str, seeds: str | None, exps=SET, threads: int | None = None) -> dict:
+    threads = threads or os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "KIT_CACHE": str(Path(tmp) / "cache"), "KIT_RUNS": str(Path(tmp) / "runs")}
-        cmd = [sys.executable, "-m", "kit", "reproduce", *exps, "--profile", profile, "--jobs", jobs, "-p", f"amp={amp}"]
+        # every core, stated: a sample of the busy cores at start-up (the default) can catch a
+        # moment of system work and halve the threads of one configuration
+        cmd = [sys.executable, "-m", "kit", "reproduce", *exps, "--profile", profile, "--jobs", jobs, "-p", f"amp={amp}",
+               "-p", f"threads={threads}"]
         if seeds:
             cmd += ["-p", f"seeds={seeds}"]
         t0 = time.perf_counter()
@@ -39,7 +43,7 @@ def run(profile: str, jobs: str, amp: str, seeds: str | None, exps=SET) -> dict:
         if r.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
         models = len(list((Path(tmp) / "cache").glob("*.pt")))
-    return {"jobs": jobs, "amp": amp, "wall_s": round(wall, 1), "models": models,
+    return {"jobs": jobs, "amp": amp, "threads": threads, "wall_s": round(wall, 1), "models": models,
             "models_per_hour": round(models / wall * 3600, 1)}
 
 
@@ -52,7 +56,7 @@ def main() -> int:
     ap.add_argument("--set", nargs="+", default=list(SET), help=f"the experiments (default {' '.join(SET)})")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from kit import machine
+    from kit import info
 
     rows = [run(args.profile, j, args.amp, args.seeds, args.set) for j in args.jobs]
     base = rows[0]["models_per_hour"]
@@ -60,7 +64,7 @@ def main() -> int:
         r["vs_first"] = round(r["models_per_hour"] / base, 2)
         print(f"jobs {r['jobs']:>4}  amp {r['amp']:<4}  {r['models']} models in {r['wall_s']:7.1f} s  "
               f"{r['models_per_hour']:7.1f} models/h  ({r['vs_first']:.2f}x)")
-    out = {"set": args.set, "seeds": args.seeds, "profile": args.profile, "machine": machine.info(measure=False), "rows": rows,
+    out = {"set": args.set, "seeds": args.seeds, "profile": args.profile, "machine": info.info(measure=False), "rows": rows,
            "date": time.strftime("%Y-%m-%d")}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -52,9 +52,9 @@ def main() -> int:
     if args.json:
         import os
 
-        from kit import machine
+        from kit import info as kit_info
 
-        info = machine.info(measure=False)
+        info = kit_info.info(measure=False)
         Path(args.json).write_text(json.dumps({
             "machine": {k: info[k] for k in ("cpu", "cpu_flags", "cpu_capability", "native_bf16_cpu", "cpu_auto_precision")}
             | {"onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "cores": os.cpu_count()},

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kit import active
+from kit import active, annotation
 
 
 def score_map(kind: str, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -43,7 +43,7 @@ def score_map(kind: str, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return active.region_scores(prob, 1)["score"][0]
 
 
-def run_rounds(score: torch.Tensor, budget: active.Budget, fn, suppress: int, tie_order: str = "column"):
+def run_rounds(score: torch.Tensor, budget: annotation.Budget, fn, suppress: int, tie_order: str = "column"):
     h, w = score.shape
     suppressed = torch.zeros(h, w, dtype=torch.bool)   # the persistent "active" indicator
     n = budget.picks_per_round(h, w)
@@ -70,7 +70,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     h, w = args.size
-    budget = active.Budget("region", 0.022, 5, 1)
+    budget = annotation.Budget("region", 0.022, 5, 1)
     print(f"RIPU selection at {h}x{w}, k=1, 2.2% over 5 rounds: {budget.picks_per_round(h, w)} regions "
           f"per image per round, suppression 5x5, ties by {args.tie_order}, {args.threads} thread(s)")
     print(f"{'map':8s} {'greedy loop s/round':>20s} {'kit s/round':>12s} {'ratio':>8s}  identical")

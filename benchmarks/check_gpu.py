@@ -29,7 +29,8 @@ def _sync(device: str) -> None:
 
 
 def compare_render(device: str, sizes=((64, 128), (512, 1024)), n: int = 16) -> list[dict]:
-    from kit.data.world import DOMAINS, render
+    from kit.data.world import render
+    from kit.data.world_spec import DOMAINS
 
     rows = []
     for size in sizes:

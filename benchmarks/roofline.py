@@ -28,6 +28,7 @@ import re
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from kit import info as kit_info
 from kit import machine
 
 
@@ -103,14 +104,14 @@ def main() -> int:
     peak = threads * args.fma_units * lanes * 2 * ghz
     rows = []
     for amp, cl in (("off", False), ("off", True), ("bf16", False), ("bf16", True)):
-        step, cfg = machine.quick_step(amp, cl)
+        step, cfg = kit_info.quick_step(amp, cl)
         fl = flops_of(step)
-        s = machine.median_seconds(step, args.reps, warmup=3)
+        s = kit_info.median_seconds(step, args.reps, warmup=3)
         rows.append({"precision": "fp32" if amp == "off" else "bf16 autocast",
                      "layout": "channels_last" if cl else "contiguous",
                      "GFLOP per step": round(fl / 1e9, 2), "ms per step": round(1000 * s, 1),
                      "GFLOP/s": round(fl / s / 1e9, 1), "% of fp32 peak": round(100 * fl / s / 1e9 / peak, 1)})
-    step, cfg = machine.quick_step("off", True)
+    step, cfg = kit_info.quick_step("off", True)
     bd = breakdown(step, conv_flops(step))
     result = {
         "cpu": machine.cpu_model(), "flags": machine.notable_cpu_flags(),

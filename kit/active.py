@@ -1,7 +1,7 @@
 """Active domain adaptation: region scores, greedy selection and annotation masks (RIPU).
 
-Budgets, the annotation state and the selection rounds are in :mod:`kit.annotation` (also
-exported here).
+Budgets, the annotation state and the selection rounds, which use these, are in
+:mod:`kit.annotation`.
 
 Xie et al., "Towards Fewer Annotations: Active Learning via Region Impurity and Prediction
 Uncertainty for Domain Adaptive Semantic Segmentation", CVPR 2022 (arXiv 2111.12940).
@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 __all__ = ["ACQUISITIONS", "MODES", "TIE_ORDERS", "window_counts", "pixel_entropy", "region_impurity",
            "prediction_uncertainty", "region_scores", "pixel_scores", "acquisition_map", "greedy_select_reference",
-           "greedy_select", "region_mask", "Budget", "AnnotationState", "select_round", "image_level_select"]
+           "greedy_select", "region_mask"]
 
 #: the acquisition functions: RIPU's product and the three baselines
 ACQUISITIONS = ("ripu", "impurity", "uncertainty", "random")
@@ -332,21 +332,3 @@ def region_mask(picks: Sequence[tuple[int, int]], shape, k: int) -> torch.Tensor
     for y, x in picks:
         m[max(0, y - k):y + k + 1, max(0, x - k):x + k + 1] = True
     return m
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets and annotation state: in kit/annotation.py
-# ---------------------------------------------------------------------------------------------
-#: the names that moved to :mod:`kit.annotation` (which imports the scores and greedy selection
-#: from this module, so they are imported on use, not at the top: no import cycle)
-_ANNOTATION = ("BUDGET_ROUNDINGS", "Budget", "AnnotationState", "select_round", "image_level_select")
-
-
-def __getattr__(name: str):
-    """``Budget``, ``AnnotationState``, ``select_round``, ``image_level_select`` and
-    ``BUDGET_ROUNDINGS`` live in :mod:`kit.annotation` (imported on use)."""
-    if name in _ANNOTATION:
-        from . import annotation
-
-        return getattr(annotation, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

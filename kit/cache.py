@@ -325,6 +325,28 @@ def _writable(root: Path) -> bool:
     return os.access(root, os.W_OK | os.X_OK)
 
 
+#: what load_or_train did in this process, in order: ("loaded" | "trained", key) (:func:`activity`)
+_EVENTS: list[tuple[str, str]] = []
+
+
+def activity(since: int = 0) -> dict[str, frozenset[str]]:
+    """The cache keys :func:`load_or_train` has loaded and trained in this process, from its
+    ``since``-th call on (:func:`activity_mark` gives the mark of now). A notebook's record
+    (:class:`kit.results.Run`) counts those of its run, so a reader sees whether its models were
+    trained there or before (by its ``JOBS`` workers, another notebook, ``kit reproduce``).
+
+    >>> sorted(activity(activity_mark()).items())
+    [('loaded', frozenset()), ('trained', frozenset())]
+    """
+    ev = _EVENTS[since:]
+    return {k: frozenset(key for kind, key in ev if kind == k) for k in ("loaded", "trained")}
+
+
+def activity_mark() -> int:
+    """A mark for :func:`activity`: the calls from now on."""
+    return len(_EVENTS)
+
+
 def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]],
                   cache_dir: str | os.PathLike | None = None, force: bool = False,
                   verbose: bool = True, build: Callable[[dict], Any] | None = None) -> tuple[Any, dict]:
@@ -359,6 +381,7 @@ def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tupl
     def cached():
         state, meta = load_checkpoint(path)
         out = finish(state)
+        _EVENTS.append(("loaded", key))
         if verbose:
             print(f"[cache] loaded {path}")
         return out, {**meta, "cached": True}
@@ -389,6 +412,7 @@ def load_or_train(name: str, config: Mapping[str, Any], train: Callable[[], tupl
         state, meta = train()
         meta = {**meta, "config": dict(config), "key": key}
         save_checkpoint(path, state, meta)
+        _EVENTS.append(("trained", key))
     if verbose:
         print(f"[cache] saved {path}")
     return finish(dict(state)), {**meta, "cached": False}

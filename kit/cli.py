@@ -200,15 +200,29 @@ def _cmd_run(args) -> int:
     return run_notebook(notebook, args.profile, params, args.out, args.cell_timeout, args.kernel, args.log_output)
 
 
+def _jobs_arg(value: str) -> int | str:
+    """``--jobs`` as the notebooks' ``JOBS``: a positive number or "auto"."""
+    from .jobs import resolve_jobs
+
+    try:
+        resolve_jobs(value)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    return "auto" if value.strip().lower() == "auto" else int(value)
+
+
 def _cmd_run_all(args) -> int:
     books = list_notebooks()
     if not books:
         raise CliError(f"no notebooks {notebooks_dir()}/[0-9][0-9]_*.ipynb found (run kit from the project root)", 1)
     profile = args.profile or DEFAULT_PROFILE
+    jobs = None if args.jobs is None else _jobs_arg(args.jobs)
     failed = []
     for nb in books:
+        # JOBS goes to the notebooks that declare it (a notebook of your own may not)
+        params = {"JOBS": jobs} if jobs is not None and "JOBS" in notebook_parameters(nb) else {}
         try:
-            code = run_notebook(nb, profile, {}, args.out, args.cell_timeout, args.kernel, args.log_output)
+            code = run_notebook(nb, profile, params, args.out, args.cell_timeout, args.kernel, args.log_output)
         except CliError as e:
             print(f"[kit] FAILED {nb.stem}: {e}", flush=True)
             code = 1
@@ -292,13 +306,13 @@ def _cmd_reproduce(args) -> int:
         chosen = experiments.ids() if args.all else [experiments.get(i).id for i in args.experiment]
     except ValueError as e:
         raise CliError(str(e)) from None
-    set_threads(params.pop("threads", None))
+    threads = set_threads(params.pop("threads", None))   # sampled once: the workers share these
     profile = args.profile or DEFAULT_PROFILE
     if len(chosen) > 1:     # one pool of workers for every experiment's models, then each table
         try:
             for i in chosen:
                 experiments.get(i).config(profile, **dict.fromkeys(params))   # names first: a typo trains nothing
-            experiments.prefetch(chosen, profile, params, jobs=args.jobs)
+            experiments.prefetch(chosen, profile, params, jobs=args.jobs, threads=threads)
         except (ValueError, TypeError) as e:
             raise CliError(str(e)) from None
         except JobError as e:   # the table that needs the failed model runs it again and reports it
@@ -308,7 +322,7 @@ def _cmd_reproduce(args) -> int:
         t0 = time.perf_counter()
         try:
             path = experiments.reproduce(i, profile, params, runs_dir=args.runs,
-                                         jobs=args.jobs if len(chosen) == 1 else 1)
+                                         jobs=args.jobs if len(chosen) == 1 else 1, threads=threads)
         except (ValueError, TypeError) as e:
             raise CliError(f"{i}: {e}") from None
         m = json.loads(path.read_text())
@@ -333,17 +347,11 @@ def _write_page(profile: str, out: Path, runs: Path | str) -> None:
 
 
 def _cmd_info(args) -> int:
-    from . import machine
+    from . import info, machine
 
     machine.set_threads(None)            # measure with the threads a notebook would use
-    d = machine.info(measure=not args.no_measure)
-    from .jobs import auto_jobs, threads_per_job
-
-    jobs = auto_jobs()
-    d["jobs_auto"] = {"workers": jobs, "threads_each": threads_per_job(jobs)}
-    text = (machine.format_info(d) + f"\njobs auto     {jobs} worker(s) x {d['jobs_auto']['threads_each']} thread(s) "
-            "(kit reproduce --jobs: models trained at the same time)")
-    print(json.dumps(d, indent=1) if args.json else text)
+    d = info.info(measure=not args.no_measure)
+    print(json.dumps(d, indent=1) if args.json else info.format_info(d))
     return 0
 
 
@@ -385,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run-all", help="run every notebooks/NN_*.ipynb, then print the summary")
     common_run(p)
+    p.add_argument("--jobs", default=None, metavar="N|auto",
+                   help="each notebook's JOBS: its models trained N at a time, each worker with its share of the "
+                        "cores (default: the notebooks' own, auto; see `kit info`)")
     p.set_defaults(func=_cmd_run_all)
 
     p = sub.add_parser("summary", help="table of runs/<profile>/*/metrics.json")
@@ -412,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None, help="the runs folder (default: runs/ of the project)")
     p.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="train the models an experiment needs N at a time, each worker with its share of the "
-                   "cores (default auto: one per free core, as memory allows; see `kit info`); the results "
-                   "do not depend on it")
+                   "cores (default auto: one per free core, as memory allows; see `kit info`); the keys do not "
+                   "depend on it, and each model's weights only through its threads (the order of sums)")
     p.add_argument("--page", action="store_true", help="then write the results page docs/results-<profile>.md "
                    "(the notebooks' runs and these experiments)")
     p.set_defaults(func=_cmd_reproduce)

@@ -1,7 +1,7 @@
 """Profiles and per-method defaults, validated.
 
 Every field is declared once, with its default and its section (data, model, optim,
-schedule, method, run, notebook), in the static table :mod:`kit.methods.defaults`; the
+schedule, method, run, notebook), in the static table :mod:`kit.defaults`; the
 sections decide what enters a model's cache key (:func:`kit.cache.model_key`).
 
 A notebook's ``parameters`` cell sets ``PROFILE`` and optionally overrides fields; the
@@ -29,13 +29,13 @@ import math
 from typing import Any, Mapping
 
 from .machine import AMP_MODES
-from .methods import defaults as _defaults
-from .methods.defaults import KEY_SECTIONS, SECTIONS, Field
+from . import defaults as _defaults
+from .defaults import KEY_SECTIONS, SECTIONS, Field
 
 __all__ = ["PROFILES", "METHODS", "SECTIONS", "KEY_SECTIONS", "Field", "Config", "resolve", "register_method",
            "profile_names", "profile_chain", "fields", "section_of", "key_fields", "inherit", "INHERITED", "variant"]
 
-#: common fields, profile presets and per-method fields: one static table (kit.methods.defaults)
+#: common fields, profile presets and per-method fields: one static table (kit.defaults)
 _COMMON: dict[str, Field] = dict(_defaults.COMMON)
 PROFILES: dict[str, dict[str, Any]] = _defaults.PROFILES
 METHODS: dict[str, dict[str, dict[str, Any]]] = _defaults.METHODS

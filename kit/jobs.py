@@ -108,9 +108,24 @@ def threads_per_job(jobs: int, threads: int | None = None) -> int:
     return max(1, total // max(1, int(jobs)))
 
 
-def _worker(tasks: Sequence[Task], queue, results, threads: int) -> None:
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker: end the process once the process that started it is gone (killed, say), so
+    that no orphan goes on training. A daemon thread that polls the parent's pid."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kit-jobs-parent-watch", daemon=True).start()
+
+
+def _worker(tasks: Sequence[Task], queue, results, threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _exit_with_parent(parent)
     torch.set_num_threads(threads)
     while True:
         i = queue.get()
@@ -160,7 +175,8 @@ def run_tasks(tasks: Sequence[Task], jobs: int | str | None = 1, threads: int | 
         queue.put(i)
     for _ in range(n):
         queue.put(None)
-    workers = [ctx.Process(target=_worker, args=(tasks, queue, results, each), daemon=True) for _ in range(n)]
+    workers = [ctx.Process(target=_worker, args=(tasks, queue, results, each, os.getpid()), daemon=True)
+               for _ in range(n)]
     for w in workers:
         w.start()
     times: list[float] = [float("nan")] * len(tasks)

@@ -1,4 +1,4 @@
-"""The machine the kit runs on: device, precision, CPU threads, and ``kit info``.
+"""The machine the kit runs on: device, precision, CPU threads (``kit info`` reports them: :mod:`kit.info`).
 
 **Precision** (``amp``): ``"auto"`` uses bf16 autocast only where it is *faster* than fp32:
 
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 __all__ = ["resolve_device", "cpu_model", "cpu_flags", "notable_cpu_flags", "default_threads", "native_bf16_cpu", "bf16_is_fast", "auto_is_bf16", "amp_dtype", "autocast",
-           "busy_cores", "set_threads", "info", "format_info"]
+           "busy_cores", "set_threads", "record", "platform_info"]
 
 AMP_MODES = ("auto", "bf16", "off")
 #: oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) at or above which bf16 convolutions run natively
@@ -262,64 +262,6 @@ def default_threads() -> int:
     return max(1, min(cores, cores - int((busy or 0.0) + 0.3)))
 
 
-# ----------------------------------------------------------------------------------
-# kit info
-# ----------------------------------------------------------------------------------
-#: quick-profile notebook wall times (s, fresh model cache, 2 threads) and the quick step time
-#: (ms) on the machine they were measured on; ``kit info`` scales them by the step time it
-#: measures. Re-measured with ``benchmarks/bench_notebooks.py`` (see benchmarks/RESULTS.md).
-REFERENCE = {
-    "machine": "Intel Xeon @ 2.80GHz (Ice Lake, 2 cores) with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2, fp32",
-    "step_ms": 63.0,
-    # bench_notebooks.py --shared-cache (make run's order, one fresh cache), 2026-11-29
-    "notebooks_s": {"00_introduction": 201.8, "01_adaptsegnet": 339.2, "02_das3": 212.2, "03_ripu": 231.8,
-                    "04_cdcl": 283.6, "05_ddep": 320.2},
-}
-
-
-def quick_step(amp: str = "auto", channels_last: bool = True):
-    """One quick-profile supervised training step (DeepLab-v2 on the quick profile's backbone,
-    batch 8 at 64x128: forward, backward, optimizer step) as a function, and its config."""
-    from . import losses
-    from .config import resolve
-    from .methods.supervised import build_model, make_model_optimizer
-
-    cfg = resolve("quick", amp=amp, device="cpu")
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(cfg, 11).to(memory_format=fmt)
-    opt = make_model_optimizer(cfg, model)
-    x = torch.rand(cfg.batch_size, 3, *cfg.size).contiguous(memory_format=fmt)
-    y = torch.randint(0, 11, (cfg.batch_size, *cfg.size))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast("cpu", amp):
-            loss = losses.seg_loss(model(x)["out"], y)
-        loss.backward()
-        opt.step()
-    return step, cfg
-
-
-def median_seconds(fn, reps: int = 7, warmup: int = 2) -> float:
-    """Median wall seconds of ``fn()`` over ``reps`` calls, after ``warmup`` untimed calls."""
-    import statistics
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def quick_step_ms(reps: int = 7, amp: str = "auto") -> float:
-    """Median ms of one :func:`quick_step` at ``amp`` (channels_last)."""
-    return 1000 * median_seconds(quick_step(amp)[0], reps)
-
-
 def notable_cpu_flags() -> list[str]:
     """The CPU flags that decide the kit's speed (vector width, FMA, native bf16), in a fixed order."""
     flags = cpu_flags() or set()
@@ -332,60 +274,14 @@ def record(device: str | torch.device = "auto", amp: str = "auto") -> dict[str, 
     beyond what ``amp_dtype`` has cached): CPU model, flags and kernel level, torch, GPU, the
     threads torch uses now, and the precision ``amp`` resolves to on ``device``."""
     dev = resolve_device(device)
-    return {**_platform(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    return {**platform_info(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "threads": torch.get_num_threads(),
             "precision": "bf16" if amp_dtype(dev, amp) == torch.bfloat16 else "fp32"}
 
 
-def _platform() -> dict[str, Any]:
-    """The CPU, its flags and kernel level, and torch: what :func:`record` and :func:`info` share."""
+def platform_info() -> dict[str, Any]:
+    """The CPU, its flags and kernel level, and torch: what :func:`record` and ``kit info`` share."""
     return {"cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
             "cpu_flags": notable_cpu_flags(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "kit_amp_auto": os.environ.get(AUTO_ENV) or None,
             "torch": torch.__version__}
-
-
-def info(measure: bool = True) -> dict[str, Any]:
-    """What ``kit info`` prints: CPU model and flags, GPU, the precision ``auto`` picks, threads,
-    and (``measure``) the quick-profile step time with the minutes each notebook should take."""
-    out: dict[str, Any] = {
-        **_platform(),
-        "native_bf16_cpu": native_bf16_cpu(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    out["gpu_bf16"] = bool(torch.cuda.is_bf16_supported()) if out["gpu"] else None
-    dev = resolve_device("auto")
-    out["device"] = str(dev)
-    out["auto_precision"] = "bf16" if amp_dtype(dev, "auto") == torch.bfloat16 else "fp32"
-    out["cpu_auto_precision"] = "bf16" if amp_dtype("cpu", "auto") == torch.bfloat16 else "fp32"
-    out["threads"] = default_threads()     # what a notebook would use; nothing is set here
-    if measure:
-        ms = quick_step_ms()
-        out["quick_step_ms"] = round(ms, 1)
-        ref = REFERENCE
-        out["reference"] = {"machine": ref["machine"], "step_ms": ref["step_ms"]}
-        scale = ms / ref["step_ms"]
-        out["expected_minutes"] = {nb: round(s * scale / 60, 1) for nb, s in ref["notebooks_s"].items()}
-    return out
-
-
-def format_info(d: dict[str, Any]) -> str:
-    """``info()`` as the text ``kit info`` prints."""
-    lines = [
-        f"CPU           {d['cpu']} ({d['arch']}, {d['cores']} cores)",
-        f"CPU flags     {' '.join(d['cpu_flags']) or '(none of interest)'}; torch kernels: {d['cpu_capability']}"
-        + (f"; ONEDNN_MAX_CPU_ISA={d['onednn_max_cpu_isa']}" if d["onednn_max_cpu_isa"] else ""),
-        f"native bf16   {({True: 'yes', False: 'no', None: 'unknown (decided by a micro-benchmark)'})[d['native_bf16_cpu']]}",
-        f"GPU           {d['gpu'] or 'none'}" + (f" (bf16: {'yes' if d['gpu_bf16'] else 'no'})" if d["gpu"] else ""),
-        f"torch         {d['torch']}; device 'auto' = {d['device']}; amp 'auto' = {d['auto_precision']}"
-        + (f" (on the CPU: {d['cpu_auto_precision']})" if d["device"] != "cpu" else "")
-        + (f" (set by {AUTO_ENV}={d['kit_amp_auto']})" if d.get("kit_amp_auto") else ""),
-        f"threads       {d['threads']}",
-    ]
-    if "quick_step_ms" in d:
-        lines.append(f"quick step    {d['quick_step_ms']:.1f} ms (reference: {d['reference']['step_ms']} ms on "
-                     f"{d['reference']['machine']})")
-        if d["expected_minutes"]:
-            lines.append("expected minutes per notebook at the quick profile, in make run's order from an empty cache (the reference times scaled by the step time):")
-            lines += [f"  {nb:<18} {m:5.1f}" for nb, m in d["expected_minutes"].items()]
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """How the toy recipes are chosen, and a check of them that never looks at the evaluation split.
 
 **The principle.** Every toy-profile hyperparameter of a method is the paper's value, scaled
-where the toy budget requires it (the comments in :mod:`kit.methods.defaults` say which and
+where the toy budget requires it (the comments in :mod:`kit.defaults` say which and
 why). No value is chosen by the numbers the claims are decided on.
 
 **The check.** The notebooks' sensitivity sweeps also evaluate each swept model on a *tuning

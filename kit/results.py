@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .cache import runs_root
+from .cache import activity, activity_mark, runs_root
 from .hashing import atomic_write_bytes
 # the statistics live in kit/stats.py; imported here so that kit.results.effect & co. keep working
 from .stats import HOLDS, VERDICTS, Effect, all_hold, effect, mean_sd, seeds_needed  # noqa: F401
@@ -91,6 +91,7 @@ class Run:
         self.dir = run_folder(notebook, self.profile, cfg.get("run_dir"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
+        self._cache_mark = activity_mark()
         self.results: dict[str, Any] = {}
         self.claims: list[dict[str, Any]] = []
         self.config = dict(cfg)
@@ -158,6 +159,12 @@ class Run:
 
         return save_figure(fig, self.dir, name)
 
+    def models(self) -> dict[str, int]:
+        """The models this run took from the cache (``loaded``: trained before it, e.g. by its
+        ``JOBS`` workers or another notebook) and trained itself (``trained``), counted by key."""
+        seen = activity(self._cache_mark)
+        return {"loaded": len(seen["loaded"] - seen["trained"]), "trained": len(seen["trained"])}
+
     def save(self) -> Path:
         from datetime import datetime, timezone
 
@@ -171,6 +178,7 @@ class Run:
             "notebook": self.notebook, "profile": self.profile, "seeds": self.seeds,
             "runtime_s": round(time.perf_counter() - self.t0, 1),
             "date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": machine,
+            "models": self.models(),
             "results": self.results, "claims": self.claims,
             "config": _clean({k: v for k, v in self.config.items()}),
         }

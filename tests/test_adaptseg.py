@@ -11,9 +11,10 @@ import torch.nn as nn
 from kit import losses
 from kit.config import resolve
 from kit.engine import Engine, make_optimizer
-from kit.methods import adaptseg
+from kit.methods import adaptseg, adaptseg_analysis
 from kit.methods.adaptseg import AdaptSegStep, build_discriminators, d_input, load_or_train_adaptseg
 from kit.models import DeepLabV2, FCDiscriminator
+from kit.models.utils import set_requires_grad
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +115,7 @@ def test_g_step_does_not_reach_d_and_d_step_does_not_reach_g(level):
     xs, xt = torch.rand(2, 3, 32, 64), torch.rand(2, 3, 32, 64)
     ys = torch.randint(0, 5, (2, 32, 64))
     # G step: D frozen, adversarial loss on target
-    adaptseg.set_requires_grad(discs, False)
+    set_requires_grad(discs, False)
     out_t = G(xt)
     adv = step.adversarial_losses(out_t, discs, xt.shape[-2:])
     sum(adv.values()).backward()
@@ -122,7 +123,7 @@ def test_g_step_does_not_reach_d_and_d_step_does_not_reach_g(level):
     assert any(g is not None and g.abs().sum() > 0 for g in _grads(G.backbone)), "the G step did not reach G"
     # D step: detached outputs
     G.zero_grad(set_to_none=True)
-    adaptseg.set_requires_grad(discs, True)
+    set_requires_grad(discs, True)
     out_s = G(xs)
     terms = step.discriminator_losses(out_s, G(xt), discs, xs.shape[-2:], xt.shape[-2:])
     sum(a + b for a, b in terms.values()).backward()
@@ -211,7 +212,7 @@ def test_smoke_train_is_cached_and_d_map_is_a_probability(tmp_path):
     assert meta2["cached"]
     assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
     x = torch.rand(2, 3, 32, 64)
-    m = adaptseg.discriminator_map(G, discs["out"], x)
+    m = adaptseg_analysis.discriminator_map(G, discs["out"], x)
     assert m.shape == (2, 32, 64) and float(m.min()) >= 0 and float(m.max()) <= 1
 
 
@@ -257,15 +258,10 @@ def test_paper_profile_constructs_and_runs_on_cpu(tmp_path):
     assert meta["history"]["train"][-1]["lr"] == pytest.approx(2.5e-4 * (1 - 1 / 250000) ** 0.9, rel=1e-6)
 
 
-def test_moved_pieces_keep_their_old_import_paths():
+def test_moved_pieces_have_one_home():
     """discriminator_map lives in kit.methods.adaptseg_analysis, set_requires_grad in
-    kit.models.utils; both stay importable from kit.methods.adaptseg."""
-    from kit.methods import adaptseg_analysis
-    from kit.methods.adaptseg import discriminator_map, set_requires_grad
-    from kit.models import utils
-
-    assert discriminator_map is adaptseg.discriminator_map is adaptseg_analysis.discriminator_map
-    assert set_requires_grad is adaptseg.set_requires_grad is utils.set_requires_grad
+    kit.models.utils, and nowhere else: no re-export, no shim."""
+    assert not hasattr(adaptseg, "discriminator_map") and "set_requires_grad" not in adaptseg.__all__
     assert all(hasattr(adaptseg, name) for name in adaptseg.__all__)
     with pytest.raises(AttributeError):
         adaptseg.no_such_name  # noqa: B018

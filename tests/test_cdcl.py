@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from kit.config import resolve
-from kit.data.world import DOMAINS, WORLD_CLASSES
+from kit.data.world_spec import DOMAINS, WORLD_CLASSES
 from kit.losses import seg_loss
 from kit.methods import cdcl
 from kit.models import DSBatchNorm2d, PSPNet, convert_to_dsbn, count_flops, count_parameters, use_domain

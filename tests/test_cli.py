@@ -132,7 +132,9 @@ def test_summary_reads_fake_runs_and_reports_missing(tmp_path, monkeypatch, caps
 
 def test_run_all_continues_past_failures(project, capsys):
     (project / "notebooks" / "02_exit.ipynb").unlink()
-    assert main(["run-all", "--profile", "smoke"]) == 1
+    assert main(["run-all", "--profile", "smoke", "--jobs", "0"]) == 2
+    assert "jobs must be a positive integer or 'auto', got '0'" in capsys.readouterr().err
+    assert main(["run-all", "--profile", "smoke", "--jobs", "2"]) == 1   # notebooks without JOBS run without it
     out = capsys.readouterr().out
     assert "ok 00_ok" in out and "FAILED 01_boom" in out and "1 of 2 notebooks ran; failed: 01_boom" in out
     assert "1 of 1 claims hold" in out  # the summary follows

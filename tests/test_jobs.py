@@ -96,3 +96,71 @@ def test_cli_reproduce_several_experiments_with_one_pool(tmp_path, monkeypatch):
         assert (tmp_path / "runs" / "smoke" / "reproduce" / i / "metrics.json").is_file()
     names = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").glob("*.pt"))
     assert names.count("source_only") == 1 and names.count("oracle") == 1
+
+
+def _children(pid: int) -> set[int]:
+    import os
+
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(d))
+    return out
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
+def test_workers_end_when_their_parent_is_killed():
+    """A killed `kit reproduce` leaves no worker training on: each worker watches its parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from kit.jobs import Task, run_tasks; "
+            "run_tasks([Task(time.sleep, (120,)), Task(time.sleep, (120,))], jobs=2, threads=2, log=None)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 60
+        workers: set[int] = set()
+        while time.time() < deadline and len(workers) < 2:
+            workers = {p for p in _children(parent.pid) if b"kit.jobs" in open(f"/proc/{p}/cmdline", "rb").read()
+                       or b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()}
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the workers did not start"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and _alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(os.path.exists(f"/proc/{p}") and _alive(p) for p in workers), "a worker outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def test_prefetch_notebook_checks_its_arguments():
+    """A notebook's JOBS prefetch names its notebook and takes that notebook's config."""
+    from kit.config import resolve
+
+    with pytest.raises(ValueError, match="no experiment of the registry belongs to notebook 'nope'"):
+        experiments.prefetch_notebook("nope", resolve("smoke", "adaptseg"), jobs=2)
+    with pytest.raises(ValueError, match="fields the notebook's lacks"):
+        experiments.prefetch_notebook("03_ripu", resolve("smoke", "adaptseg"), jobs=2)
+    assert experiments.prefetch_notebook("03_ripu", resolve("smoke", "ripu"), jobs=1) == 0   # one job: the cells train

@@ -1,9 +1,10 @@
-"""Precision per machine, threads and ``kit info`` (kit.machine), with the capabilities mocked."""
+"""Precision per machine, threads (kit.machine) and ``kit info`` (kit.info), with the capabilities mocked."""
 import json
 
 import pytest
 import torch
 
+from kit import info as kit_info
 from kit import machine
 from kit.machine import amp_dtype, autocast, set_threads
 
@@ -137,7 +138,7 @@ def test_info_reports_the_machine(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        d = machine.info(measure=False)
+        d = kit_info.info(measure=False)
         assert torch.get_num_threads() == 1          # info reports, it sets nothing
     finally:
         torch.set_num_threads(before)
@@ -145,8 +146,8 @@ def test_info_reports_the_machine(monkeypatch):
     for key in ("cpu", "cpu_flags", "native_bf16_cpu", "gpu", "auto_precision", "threads", "torch"):
         assert key in d
     assert d["auto_precision"] in ("fp32", "bf16")
-    text = machine.format_info(d)
-    assert d["cpu"] in text and "amp 'auto'" in text
+    text = kit_info.format_info(d)
+    assert d["cpu"] in text and "amp 'auto'" in text and "jobs auto" in text
     d.update(quick_step_ms=50.0, reference={"machine": "ref", "step_ms": 25.0},
              expected_minutes={"00_introduction": 6.0})
-    assert "00_introduction" in machine.format_info(d)
+    assert "00_introduction" in kit_info.format_info(d)

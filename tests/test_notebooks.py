@@ -56,15 +56,31 @@ def test_unknown_parameter_is_rejected(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_smoke_run_writes_metrics(path, tmp_path):
+    """One job, then two: with JOBS=2 the registry's tables of the notebook are trained by two
+    workers before its cells run, and the cache ends with the same models (keys) as with one."""
     run_dir = tmp_path / "run"
-    run_notebook(path, tmp_path / f"{path.stem}.ipynb", PROFILE="smoke", CACHE_DIR=str(tmp_path / "cache"),
+    run_notebook(path, tmp_path / f"{path.stem}.ipynb", PROFILE="smoke", JOBS=1, CACHE_DIR=str(tmp_path / "cache"),
                  RUN_DIR=str(run_dir))
     data = load_metrics(run_dir / "metrics.json")
     assert data["notebook"] == path.stem and data["profile"] == "smoke"
     assert data["results"] and data["claims"]
     for c in data["claims"]:
         assert c["holds"] in (True, False, None)
+    one = _models(tmp_path / "cache")
+    assert data["models"] == {"loaded": 0, "trained": len(one)}, "an empty cache: the run trained every model in it"
     check_reproduce_agrees(path.stem, data, tmp_path / "cache", tmp_path / "reproduce")
+
+    run_notebook(path, tmp_path / f"{path.stem}-jobs.ipynb", PROFILE="smoke", JOBS=2, CACHE_DIR=str(tmp_path / "c2"),
+                 RUN_DIR=str(tmp_path / "run2"))
+    two = load_metrics(tmp_path / "run2" / "metrics.json")
+    assert _models(tmp_path / "c2") == one
+    assert two["models"]["loaded"] > 0 and two["models"]["trained"] < len(one), two["models"]
+    if "EXTENDED" not in pm.inspect_notebook(str(path)):   # no diagnosis outside the registry: the cells train none
+        assert two["models"]["trained"] == 0, two["models"]
+
+
+def _models(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.glob("*.pt"))
 
 
 def check_reproduce_agrees(notebook: str, data: dict, cache: Path, runs: Path) -> None:
@@ -99,11 +115,15 @@ def test_the_paper_notebooks_declare_extended():
 @pytest.mark.parametrize("path", EXTENDABLE, ids=[p.stem for p in EXTENDABLE])
 def test_without_extended_the_skipped_claims_say_not_run(path, tmp_path):
     """The quick profile's path (extended off) at smoke size: the comparisons left to the
-    full profile are skipped, and their claims are recorded as not run -- never as failing."""
+    full profile are skipped, and their claims are recorded as not run -- never as failing.
+    With JOBS=2, as at quick by default on two cores: the workers train every model the cells
+    need, so the cells train none."""
     run_dir = tmp_path / "run"
-    run_notebook(path, tmp_path / f"{path.stem}.ipynb", PROFILE="smoke", EXTENDED=False,
+    run_notebook(path, tmp_path / f"{path.stem}.ipynb", PROFILE="smoke", EXTENDED=False, JOBS=2,
                  CACHE_DIR=str(tmp_path / "cache"), RUN_DIR=str(run_dir))
-    claims = load_metrics(run_dir / "metrics.json")["claims"]
+    data = load_metrics(run_dir / "metrics.json")
+    assert data["models"]["trained"] == 0 and data["models"]["loaded"] > 0, data["models"]
+    claims = data["claims"]
     skipped = [c for c in claims if c.get("verdict") == "not run at smoke"]
     assert skipped, f"{path.stem}: no claim was left to the full profile"
     assert all(c["holds"] is None and "full" in c["here"] for c in skipped)

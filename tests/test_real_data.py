@@ -14,7 +14,8 @@ from kit.data.labels import (
     IdMapping, UnknownLabelIdError, apply_lut, make_lut, remap_to_subset, subset_classes,
 )
 from kit.data.folders import FolderSegmentation
-from kit.data.real import GTA5, RESIZE_PRESETS, Cityscapes, Synthia, decode_png, read_synthia_label
+from kit.data.real import GTA5, Cityscapes, Synthia, decode_png, read_synthia_label
+from kit.data.transforms import RESIZE_PRESETS
 from kit.data.transforms import Compose, Resize
 
 H, W = 16, 32

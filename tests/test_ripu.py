@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from kit import active, losses
-from kit.active import Budget, greedy_select, greedy_select_reference
+from kit import active, annotation, losses
+from kit.active import greedy_select, greedy_select_reference
+from kit.annotation import Budget
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,13 +123,13 @@ def test_budget_arithmetic():
 def test_rounds_never_exceed_budget_and_never_reselect(mode, k):
     g = torch.Generator().manual_seed(3)
     n, c, h, w = 3, 5, 24, 40
-    state = active.AnnotationState.empty(n, h, w)
+    state = annotation.AnnotationState.empty(n, h, w)
     budget = Budget(mode, 0.05, 4, k, points=12)
     picked = [set() for _ in range(n)]
     for r in range(budget.rounds):
         prob = (torch.randn(n, c, h, w, generator=g) * 2).softmax(1)
         before = state.mask.clone()
-        picks = active.select_round(prob, state, list(range(n)), budget, "ripu", suppress=2 if mode == "pixel" else None)
+        picks = annotation.select_round(prob, state, list(range(n)), budget, "ripu", suppress=2 if mode == "pixel" else None)
         for i, p in enumerate(picks):
             room = budget.allowed_pixels(h, w, r) - int(before[i].sum())
             assert len(p) * budget.area <= room
@@ -146,10 +147,10 @@ def test_budget_smaller_than_a_region_per_round_carries_over():
     b = Budget("region", 0.005, 5, 1)
     assert b.picks_per_round(64, 128) == 0
     assert [b.allowed_pixels(64, 128, r) for r in range(5)] == [8, 16, 24, 32, 40]
-    state = active.AnnotationState.empty(1, 64, 128)
+    state = annotation.AnnotationState.empty(1, 64, 128)
     g = torch.Generator().manual_seed(5)
     for r in range(5):
-        active.select_round((torch.randn(1, 4, 64, 128, generator=g) * 3).softmax(1), state, [0], b)
+        annotation.select_round((torch.randn(1, 4, 64, 128, generator=g) * 3).softmax(1), state, [0], b)
     assert 27 <= state.labeled_pixels <= 40
 
 
@@ -165,11 +166,11 @@ def test_region_picks_in_a_round_do_not_overlap():
 
 
 def test_image_level_selection_spends_same_pixel_budget():
-    state = active.AnnotationState.empty(20, 8, 8)
+    state = annotation.AnnotationState.empty(20, 8, 8)
     b = Budget("image", 0.2, 2)
-    active.image_level_select(torch.arange(20.0), state, b)   # 0.1 * 20 images -> 2 images, highest score
+    annotation.image_level_select(torch.arange(20.0), state, b)   # 0.1 * 20 images -> 2 images, highest score
     assert state.mask.flatten(1).all(1).nonzero().flatten().tolist() == [18, 19]
-    active.image_level_select(torch.arange(20.0), state, b)
+    annotation.image_level_select(torch.arange(20.0), state, b)
     assert state.labeled_pixels == 4 * 64
     assert state.masked_labels(torch.zeros(8, 8, dtype=torch.long), 0).eq(255).all()
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit import active, losses
+from kit import active, annotation, losses
 from kit.config import resolve
 from kit.methods import ripu
 
@@ -155,9 +155,9 @@ def test_greedy_order_matches_official_loop_with_ties():
 @pytest.mark.parametrize("mode", ["region", "pixel"])
 def test_multi_round_selection_with_persistent_suppression(mode):
     c, h, w, rounds = 5, 20, 28, 3
-    budget = active.Budget(mode, 0.08, rounds, 1, points=9, rounding="ceil")
+    budget = annotation.Budget(mode, 0.08, rounds, 1, points=9, rounding="ceil")
     mask_r, label_r = (2, 1) if mode == "region" else (3, 0)
-    state = active.AnnotationState.empty(1, h, w)
+    state = annotation.AnnotationState.empty(1, h, w)
     act = torch.zeros(h, w, dtype=torch.bool)
     lab = torch.zeros(h, w, dtype=torch.bool)
     for r in range(rounds):
@@ -166,29 +166,29 @@ def test_multi_round_selection_with_persistent_suppression(mode):
         n = math.ceil(h * w * 0.08 / rounds / 9) if mode == "region" else math.ceil(9 / rounds)
         ref_picks, new_lab, act = ref_select(score, act, n, label_r, mask_r)
         lab |= new_lab
-        picks = active.select_round(p, state, [0], budget, suppress=mask_r, round_idx=r)[0]
+        picks = annotation.select_round(p, state, [0], budget, suppress=mask_r, round_idx=r)[0]
         # kit scores are float32: compare picks where the reference order is not a float tie
         assert picks == ref_picks, (mode, r)
         assert torch.equal(state.mask[0], lab) and torch.equal(state.active[0], act)
         assert state.round_map[0][new_lab & (state.round_map[0] == r)].numel() == int((lab & new_lab).sum())
     # persistence matters: without it, later rounds may pick inside earlier suppression windows
-    st2 = active.AnnotationState.empty(1, h, w)
+    st2 = annotation.AnnotationState.empty(1, h, w)
     for r in range(rounds):
-        active.select_round(_probs(100 + r, c, h, w, quant=2), st2, [0], budget, suppress=mask_r, round_idx=r,
+        annotation.select_round(_probs(100 + r, c, h, w, quant=2), st2, [0], budget, suppress=mask_r, round_idx=r,
                             persist_suppression=False)
     assert st2.labeled_pixels >= state.labeled_pixels
 
 
 def test_official_budget_formulas():
     # RA: ceil(2048*1024 * 0.022/5 / 9) = ceil(1025.28) = 1026 regions per image and round
-    assert active.Budget("region", 0.022, 5, 1, rounding="ceil").picks_per_round(1024, 2048) == 1026
-    assert active.Budget("region", 0.022, 5, 1).picks_per_round(1024, 2048) == 1025   # "exact" (kit)
+    assert annotation.Budget("region", 0.022, 5, 1, rounding="ceil").picks_per_round(1024, 2048) == 1026
+    assert annotation.Budget("region", 0.022, 5, 1).picks_per_round(1024, 2048) == 1025   # "exact" (kit)
     # PA: ceil(40 / 5 / (1280*640) * (2048*1024)) = ceil(20.48) = 21 picks per image and round
     scale = 2048 * 1024 / (1280 * 640)
-    assert active.Budget("pixel", rounds=5, points=40, pixel_scale=scale).picks_per_round(1024, 2048) == 21
+    assert annotation.Budget("pixel", rounds=5, points=40, pixel_scale=scale).picks_per_round(1024, 2048) == 21
     assert math.ceil(40 / 5 / (1280 * 640) * (2048 * 1024)) == 21
     # at the toy profiles selection and training size agree: ceil(points / rounds)
-    assert active.Budget("pixel", rounds=5, points=40).picks_per_round(64, 128) == 8
+    assert annotation.Budget("pixel", rounds=5, points=40).picks_per_round(64, 128) == 8
     cfg = resolve("paper", "ripu")
     assert cfg["budget_rounding"] == "ceil" and cfg["select_size"] == "label" and cfg["pa_suppress"] == 32
     assert cfg["tie_order"] == "column" and cfg["persist_suppression"] and cfg["cr_variant"] == "official"

@@ -4,7 +4,8 @@ import torch
 
 from kit.data import world as W
 from kit.data import world_render, world_scene
-from kit.data.world import DOMAINS, ToyWorld, WORLD_CLASSES, class_index, render
+from kit.data.world import ToyWorld, render
+from kit.data.world_spec import DOMAINS, WORLD_CLASSES, class_index, hash_uniform
 
 
 def test_deterministic_and_batch_independent():
@@ -112,7 +113,7 @@ def test_fingerprint_changes_with_content():
 
 
 def test_hash_uniform_range_and_spread():
-    u = W.hash_uniform(1, torch.arange(100000))
+    u = hash_uniform(1, torch.arange(100000))
     assert 0 <= float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
 

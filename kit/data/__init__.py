@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
-from .world import DOMAINS, WORLD_CLASSES, ToyWorld, get_domain, render
+from .world import ToyWorld, render
+from .world_spec import DOMAINS, WORLD_CLASSES, get_domain
 from .wrappers import ImagesOnly, Unlabeled
 
 __all__ = ["ToyWorld", "render", "DOMAINS", "WORLD_CLASSES", "get_domain", "make_da_datasets", "IGNORE_INDEX",

@@ -40,24 +40,11 @@ from .labels import (
 from .transforms import image_to_tensor
 
 __all__ = [
-    "RESIZE_PRESETS", "Cityscapes", "GTA5", "Synthia",
+    "Cityscapes", "GTA5", "Synthia",
     "read_image", "read_label_ids", "read_synthia_label", "decode_png", "png_header",
     "SegmentationFiles",
 ]
 
-#: Resolutions used by the papers, as ``(H, W)`` (torch order; PIL sizes are (W, H)).
-RESIZE_PRESETS: dict[str, tuple[int, int]] = {
-    # AdaptSegNet / DAS3 / RIPU source images: GTA5 (native 1914x1052) resized to 1280x720.
-    "gta5_source": (720, 1280),
-    # SYNTHIA-RAND-CITYSCAPES (native 1280x760), used at native size by the DA papers.
-    "synthia_source": (760, 1280),
-    # AdaptSegNet / DAS3 target training: Cityscapes (native 2048x1024) at 1024x512.
-    "cityscapes_target": (512, 1024),
-    # RIPU target training: Cityscapes at 1280x640.
-    "cityscapes_target_ripu": (640, 1280),
-    # Evaluation: predictions are compared with the full-resolution 2048x1024 labels.
-    "cityscapes_eval": (1024, 2048),
-}
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

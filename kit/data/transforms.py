@@ -34,7 +34,7 @@ from .labels import IGNORE_INDEX
 __all__ = [
     "Compose", "Resize", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
     "ColorJitter", "check_pair", "image_to_tensor", "label_to_tensor", "to_tensor_pair",
-    "resize_pair", "strong_augment",
+    "resize_pair", "strong_augment", "RESIZE_PRESETS",
 ]
 
 
@@ -148,13 +148,27 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int])
     return img, lbl.to(label.dtype)
 
 
+#: Resolutions used by the papers, as ``(H, W)`` (torch order; PIL sizes are (W, H)).
+RESIZE_PRESETS: dict[str, tuple[int, int]] = {
+    # AdaptSegNet / DAS3 / RIPU source images: GTA5 (native 1914x1052) resized to 1280x720.
+    "gta5_source": (720, 1280),
+    # SYNTHIA-RAND-CITYSCAPES (native 1280x760), used at native size by the DA papers.
+    "synthia_source": (760, 1280),
+    # AdaptSegNet / DAS3 target training: Cityscapes (native 2048x1024) at 1024x512.
+    "cityscapes_target": (512, 1024),
+    # RIPU target training: Cityscapes at 1280x640.
+    "cityscapes_target_ripu": (640, 1280),
+    # Evaluation: predictions are compared with the full-resolution 2048x1024 labels.
+    "cityscapes_eval": (1024, 2048),
+}
+
+
 class Resize:
     """Resize to a fixed ``(H, W)``, an int (square), or a preset name of
-    :data:`kit.data.real.RESIZE_PRESETS` (e.g. ``"cityscapes_target"`` = (512, 1024))."""
+    :data:`RESIZE_PRESETS` (e.g. ``"cityscapes_target"`` = (512, 1024))."""
 
     def __init__(self, size):
         if isinstance(size, str):
-            from .real import RESIZE_PRESETS  # lazy: real.py imports this module
             if size not in RESIZE_PRESETS:
                 raise ValueError(f"unknown resize preset {size!r}; known: {sorted(RESIZE_PRESETS)}")
             size = RESIZE_PRESETS[size]

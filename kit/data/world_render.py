@@ -9,7 +9,7 @@ indices, :func:`_crop_block`), the Gaussian blur and the per-thread scratch buff
 (:func:`_workspace`).
 
 Internals of :func:`kit.data.world.render`; the scene geometry is in
-:mod:`kit.data.world_scene`. Split out of ``kit/data/world.py``, unchanged.
+:mod:`kit.data.world_scene`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .world import ROAD, SKY, VEG, WORLD_CLASSES, DomainSpec, hash_uniform
+from .world_spec import ROAD, SKY, VEG, WORLD_CLASSES, DomainSpec, hash_uniform
 from .world_scene import _lerp, _Rand, _scene
 
 #: texture amplitude of each world class, relative to the domain's ``texture``

@@ -1,7 +1,7 @@
 """The toy world's scene geometry: what each pixel of an image shows, before the camera.
 
 Holds the rasteriser's per-image random streams (:class:`_Rand`, addressed slots of
-:func:`~kit.data.world.hash_uniform`), the slot layout of a scene (sky, ground bands,
+:func:`~kit.data.world_spec.hash_uniform`), the slot layout of a scene (sky, ground bands,
 facades, then one slot per object shape in depth order), the scene itself
 (:func:`_scene`: layout, ground bands, facades and the slot tables of colour and class),
 the objects standing in it (:func:`_objects`: cars, people, bicycles, poles with signs,
@@ -9,7 +9,7 @@ trees) and the painter that draws their shapes into the slot map (:func:`_paint`
 :func:`_paint_dense` as the reference the tests compare it with).
 
 Internals of :func:`kit.data.world.render`; the camera that turns slots into an image is in
-:mod:`kit.data.world_render`. Split out of ``kit/data/world.py``, unchanged.
+:mod:`kit.data.world_render`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .world import (
+from .world_spec import (
     _DEFAULT_COUNTS,
     BICYCLE,
     BUILDING,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..results import Effect, effect
 
-__all__ = ["Cell", "Claim", "Experiment", "register", "get", "ids", "reproduce", "prefetch", "by_cell", "paired",
+__all__ = ["Cell", "Claim", "Experiment", "register", "get", "ids", "reproduce", "prefetch", "prefetch_notebook", "extended", "by_cell", "paired",
            "summary"]
 
 
@@ -84,6 +84,9 @@ class Experiment:
     #: the cells a run takes: ``grid(cfg)`` when the rows depend on the config (e.g. DDeP's
     #: ``inits × label_fractions``); None means ``cells``, which then lists every profile's rows
     grid: Callable[[Any], Sequence[Cell]] | None = None
+    #: whether the notebook trains this table's models at ``cfg`` (what its ``JOBS`` workers train
+    #: ahead, :func:`prefetch_notebook`): ``in_notebook(cfg)``; None means when the table ``decides``
+    in_notebook: Callable[[Any], bool] | None = None
 
     def config(self, profile: str = "quick", **params: Any):
         """The experiment's config: ``kit.config.resolve(profile, method, **params)`` (unknown
@@ -181,6 +184,11 @@ def _run_cell(id: str, cfg: Mapping[str, Any], cell: str, seed: int) -> None:
     chosen.run(cfg, int(seed), _WORKER_DATA[key])
 
 
+def extended(cfg) -> bool:
+    """``in_notebook`` of a table the notebook runs with ``extended`` on only."""
+    return bool(cfg["extended"])
+
+
 def _named(cells: Sequence[Cell], name: str, id: str) -> Cell:
     for c in cells:
         if c.name == name:
@@ -267,7 +275,8 @@ def summary(table, paper: Mapping[str, float | None], order: Sequence[str]) -> l
 # --- running one outside Jupyter ------------------------------------------------------------
 
 def prefetch(ids: Sequence[str], profile: str = "quick", params: Mapping[str, Any] | None = None,
-             jobs: int | str | None = "auto", log: Callable[[str], None] | None = print) -> None:
+             jobs: int | str | None = "auto", log: Callable[[str], None] | None = print,
+             threads: int | None = None) -> None:
     """Train the models of several experiments into the cache in one pool of ``jobs`` workers
     (:func:`kit.jobs.run_tasks`): one start-up for all of them, and a worker that finishes one
     experiment's models goes on with the next one's. :func:`reproduce` then finds them cached."""
@@ -277,17 +286,52 @@ def prefetch(ids: Sequence[str], profile: str = "quick", params: Mapping[str, An
     params.pop("run_dir", None)
     tasks = [t for i in ids for t in get(i).tasks(get(i).config(profile, **params))]
     if resolve_jobs(jobs, len(tasks)) > 1:
-        run_tasks(tasks, jobs, log=log)
+        run_tasks(tasks, jobs, threads=threads, log=log)
+
+
+def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threads: int | None = None,
+                      log: Callable[[str], None] | None = print) -> int:
+    """A notebook's ``JOBS``: train every model of the registry's tables that ``notebook`` runs at
+    ``cfg`` (its resolved config; :attr:`Experiment.in_notebook`) ``jobs`` at a time, in one pool
+    (:func:`kit.jobs.run_tasks`; ``threads``: all the workers' threads together, default the free
+    cores); the notebook's cells then load them from the cache, in the same order and with the
+    same keys as ever. Models the notebook trains outside the registry (its
+    diagnoses) it still trains itself. With one job it does nothing. Returns the tasks run.
+
+    >>> from kit.config import resolve
+    >>> prefetch_notebook("01_adaptsegnet", resolve("smoke", "adaptseg"), jobs=1)
+    0
+    """
+    from ..jobs import resolve_jobs, run_tasks
+
+    exps = [get(i) for i in ids() if get(i).notebook == notebook]
+    if not exps:
+        raise ValueError(f"no experiment of the registry belongs to notebook {notebook!r}; "
+                         f"notebooks: {sorted({get(i).notebook for i in ids()})}")
+    if resolve_jobs(jobs) == 1:
+        return 0
+    for e in exps:
+        missing = set(e.config(cfg["profile"])) - set(cfg)
+        if missing:
+            raise ValueError(f"{e.id} runs method {e.method!r}, whose config has fields the notebook's lacks: "
+                             f"{sorted(missing)[:5]}; pass the notebook's resolved config")
+    tasks = [t for e in exps if (e.in_notebook(cfg) if e.in_notebook is not None else e.decides)
+             for t in e.tasks(cfg)]
+    if resolve_jobs(jobs, len(tasks)) > 1:
+        run_tasks(tasks, jobs, threads=threads, log=log)
+        return len(tasks)
+    return 0
 
 
 def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None = None,
               runs_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
-              jobs: int | str | None = 1) -> Path:
+              jobs: int | str | None = 1, threads: int | None = None) -> Path:
     """Run experiment ``id`` at ``profile`` and write its ``metrics.json`` (same schema as a
     notebook's: the per-seed table, the paper-vs-here summary, each claim with its effects
     and verdict) under ``<runs_dir>/<profile>/reproduce/<id>/``; returns the path. ``jobs``:
     train the models it needs that many at a time first (:meth:`Experiment.prefetch`; ``"auto"``:
-    :func:`kit.jobs.auto_jobs`); the table is the same as with one.
+    :func:`kit.jobs.auto_jobs`; ``threads``: the workers' threads together, default the free
+    cores); the table is the same as with one.
 
     An unknown experiment, profile or parameter name raises ValueError and touches nothing; a
     run that fails after that (a parameter value the config rejects, an error while training,
@@ -304,7 +348,7 @@ def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None 
     t0 = time.perf_counter()
     try:
         cfg = exp.config(profile, run_dir=str(run_dir), **params)
-        exp.prefetch(cfg, jobs, log=log)
+        exp.prefetch(cfg, jobs, threads=threads, log=log)
         table = exp.run(cfg, log=log)
         run = Run(id, cfg)
         run.t0 = t0

@@ -128,6 +128,7 @@ C3_WIDE = Claim("C3", "Output-space adaptation is less sensitive to λ_adv than 
 
 LAMBDA_WIDE = register(Experiment(
     id="adaptseg/lambda_wide", paper=PAPER, notebook="01_adaptsegnet", method="adaptseg",
+    in_notebook=lambda cfg: bool(cfg["lambda_wide"]),   # empty at quick: the notebook skips it
     reference="C3's diagnosis: the sensitivity sweep continued beyond its largest λ_adv (lambda_wide)",
     cells=tuple(sweep_space(name, level, wide=True) for name, level in SPACES.items()),
     claims=(C3_WIDE,), data=data, seeds=sweep_seeds, decides=False))

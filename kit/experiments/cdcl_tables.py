@@ -22,7 +22,7 @@ builds the same table from the notebook's records). The notebook's two-dataset m
 """
 from __future__ import annotations
 
-from . import Cell, Claim, Experiment, paired, register
+from . import Cell, Claim, Experiment, extended, paired, register
 from .cdcl import PAPER, _row, data
 
 INTERVALS = (1, 2, 4)   #: every profile's intervals
@@ -78,7 +78,7 @@ def c4_effects(table):
 C4 = Claim("C4", "Interval t = 1 is the best interval", "ablation over t: t = 1 best", c4_effects)
 
 INTERVAL = register(Experiment(
-    id="cdcl/interval", paper=PAPER, notebook="04_cdcl", method="cdcl",
+    id="cdcl/interval", paper=PAPER, notebook="04_cdcl", in_notebook=extended, method="cdcl",
     reference="the interval-t ablation (DAT + DAB on the first two datasets, t = 1, 2, 4)",
     cells=tuple(interval_cell(t) for t in INTERVALS), claims=(C4,), data=data, seeds=ablation_seeds,
     grid=lambda cfg: tuple(interval_cell(int(t)) for t in cfg["intervals"])))
@@ -111,6 +111,6 @@ C5b = Claim("C5b", "One step on the summed loss trains at least as well as one s
             "Sec. 3.3 (implied by the choice of DAT)", c5b_effects)
 
 UPDATE_RULE = register(Experiment(
-    id="cdcl/update_rule", paper=PAPER, notebook="04_cdcl", method="cdcl",
+    id="cdcl/update_rule", paper=PAPER, notebook="04_cdcl", in_notebook=extended, method="cdcl",
     reference="summed-loss step (DAT) vs one step per dataset, on the first two datasets (Sec. 3.3)",
     cells=(update_cell("sum"), update_cell("alternate")), claims=(C5, C5b), data=data, seeds=ablation_seeds))

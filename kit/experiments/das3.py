@@ -80,6 +80,18 @@ def control(cfg, seed, ds):
     return {"miou": _chain(cfg, seed, ds, 2, **over)[1]["eval"]["miou"]}
 
 
+def oracle(cfg, seed, ds):
+    """The target oracle of the toy world (the introduction's cached model), the table's last row
+    as in the notebook (NaN on real data or from a given source checkpoint, where it has none)."""
+    from ..methods import das3
+    from ..methods.supervised import load_or_train_baseline
+
+    if cfg["data_root"] is not None or cfg["source_checkpoint"]:
+        return {"miou": float("nan")}
+    model, _ = load_or_train_baseline("oracle", cfg, seed, ds, verbose=False)
+    return {"miou": das3.eval_record(model, ds["target_val"], cfg)["miou"]}
+
+
 def c1_effects(table):
     """C1: each stage minus the previous one (the source model before stage 1), paired by seed."""
     chain = ("source model", *STAGES)
@@ -100,5 +112,5 @@ STAGEWISE = register(Experiment(
     reference="Stage-wise table (source → + alignment → + self-training → + propagation; paper card: "
               "ATP's stage-wise table, GTA5→Cityscapes numbers)",
     cells=(Cell("source model", source), Cell(BN, bn_only), stage(1, 54.0), stage(2, 62.4),
-           Cell(CONTROL, control), stage(3, 64.0)),
+           Cell(CONTROL, control), stage(3, 64.0), Cell("target oracle", oracle)),
     claims=(C1, C1A, C1B), data=data))

@@ -22,7 +22,7 @@ so it loads the notebook's cached models.
 """
 from __future__ import annotations
 
-from . import Cell, Claim, Experiment, paired, register
+from . import Cell, Claim, Experiment, extended, paired, register
 from .das3 import PAPER, _chain, data
 
 KL = "KL(true || predicted)"
@@ -60,7 +60,7 @@ def kl_true_predicted(true_share, pred_share, classes) -> float:
 
 def small_classes(classes) -> list[str]:
     """The notebook's ``small``: the toy world's small classes among ``classes``, in that order."""
-    from ..data.world import SMALL_CLASSES
+    from ..data.world_spec import SMALL_CLASSES
 
     return [c for c in SMALL_CLASSES if c in classes]
 
@@ -163,7 +163,7 @@ C6 = Claim("C6", "Stage 3 as in the authors' later code (EMA teacher, argmax lab
            lambda t: {"ATP stage 3 − stage 2": paired(t, VARIANTS["atp"], STAGE2)})
 
 STAGE3_VARIANTS = register(Experiment(
-    id="das3/stage3_variants", paper=PAPER, notebook="02_das3", method="das3",
+    id="das3/stage3_variants", paper=PAPER, notebook="02_das3", in_notebook=extended, method="das3",
     reference="Stage 3 variants (section 4b): the kit's reading of v1 vs the authors' later code (ATP), "
               "from the same stage-2 model; paper numbers: ATP GTA5→Cityscapes stage 2 and stage 3",
     cells=(variant(STAGE2), *(variant(n, stage3=v) for v, n in VARIANTS.items())), claims=(C6,), data=data))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 from ..results import effect
-from . import Cell, Claim, Experiment, register
+from . import Cell, Claim, Experiment, extended, register
 from .ddep import INIT_NAMES, PAPER, data
 
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 0.8)   #: every profile's sweep_sigmas
@@ -106,7 +106,7 @@ C5 = Claim("C5", "A fixed σ is as good as or better than a per-example sampled 
 C6 = Claim("C6", "Predicting the noise beats predicting the image", "paper ablation", c6_effects)
 
 NOISE = register(Experiment(
-    id="ddep/noise", paper=PAPER, notebook="05_ddep", method="ddep",
+    id="ddep/noise", paper=PAPER, notebook="05_ddep", in_notebook=extended, method="ddep",
     reference="the noise-magnitude (σ sweep), fixed vs sampled σ and noise vs image ablations (notebook section 4)",
     cells=tuple(noise_cell({"sigma": s}, f"σ = {s:g}", "sweep") for s in SIGMAS)
     + (noise_cell({"sigma_mode": "sampled"}, "sampled σ ~ U(0.05, 0.8)", "fixed vs sampled"),

@@ -22,7 +22,7 @@ cache keys); the notebook states no paper number for these rows but RA at 2.2% (
 from __future__ import annotations
 
 from ..results import effect
-from . import Cell, Claim, Experiment, by_cell, paired, register
+from . import Cell, Claim, Experiment, by_cell, extended, paired, register
 from .ripu import PAPER, active_run, baseline, data
 
 BUDGETS = (0.005, 0.01, 0.022, 0.05)        #: every profile's budget curve (``cfg.budgets``; smoke: 0.01 and 0.05)
@@ -103,7 +103,7 @@ BUDGET = register(Experiment(
 
 ABLATION = tuple(active_run(name, lambda_cr=cr, lambda_nl=nl) for name, (cr, nl) in LOSSES.items())
 LOSS_ABLATION = register(Experiment(
-    id="ripu/losses", paper=PAPER, notebook="03_ripu", method="ripu",
+    id="ripu/losses", paper=PAPER, notebook="03_ripu", in_notebook=extended, method="ripu",
     reference="Table 6 (loss ablation: with and without L_cr and L_nl, RA)",
     cells=ABLATION, claims=(C4,), data=data, seeds=sweep_seeds,
     grid=lambda cfg: ABLATION if cfg.extended else ABLATION[:1]))

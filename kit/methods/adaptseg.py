@@ -48,17 +48,16 @@ from ..config import variant as config_variant
 from ..data import make_da_datasets
 from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
 from ..models import FCDiscriminator
-from ..models.utils import set_requires_grad  # generic; its old home was here (still importable)
+from ..models.utils import set_requires_grad
 from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
-           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "adaptseg_key", "load_or_train_adaptseg",
-           "discriminator_map", "set_requires_grad"]
+           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "adaptseg_key", "load_or_train_adaptseg"]
 
 #: adapted level -> the keys of the network's output dict whose discriminators it trains
 LEVELS: dict[str, tuple[str, ...]] = {"single": ("out",), "multi": ("aux", "out"), "feature": ("feat",)}
 
-# Defaults and sections of every field: kit.methods.defaults (METHODS["adaptseg"]).
+# Defaults and sections of every field: kit.defaults (METHODS["adaptseg"]).
 
 
 def level_keys(level: str) -> tuple[str, ...]:
@@ -362,12 +361,3 @@ def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapp
 
     (model, discs), meta = load_or_train(name, key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
     return model, discs, meta
-
-
-def __getattr__(name: str):
-    """``discriminator_map`` lives in :mod:`kit.methods.adaptseg_analysis` (imported on use)."""
-    if name == "discriminator_map":
-        from . import adaptseg_analysis
-
-        return adaptseg_analysis.discriminator_map
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,7 +51,7 @@ __all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep"
 #: the kinds of model this module trains
 KINDS = ("single", "finetune", "remap", "dat")
 
-# Defaults and sections of every field: kit.methods.defaults (METHODS["cdcl"]).
+# Defaults and sections of every field: kit.defaults (METHODS["cdcl"]).
 
 
 # =============================================================================================

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import losses
 from ..data.labels import CAMVID_TO_CITYSCAPES, CITYSCAPES_CLASSES, IGNORE_INDEX
-from ..data.world import DOMAINS, WORLD_CLASSES
+from ..data.world_spec import DOMAINS, WORLD_CLASSES
 
 __all__ = ["LabelRemap", "label_remap_loss", "GroupedOutput", "label_remap_for"]
 

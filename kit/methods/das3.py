@@ -57,7 +57,7 @@ __all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "p
            "stage3_kit", "adapt",
            "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model"]
 
-# Defaults and sections of every field: kit.methods.defaults (METHODS["das3"]).
+# Defaults and sections of every field: kit.defaults (METHODS["das3"]).
 
 STAGE_NAMES = {1: "alignment", 2: "self-training", 3: "propagation"}  #: for labels and logs
 

@@ -29,7 +29,7 @@ __all__ = ["stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_
 
 
 def stage_tags(stage: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The tags of a stage's model (:mod:`kit.methods.defaults`): ``stage<N>``, plus ``atp`` for
+    """The tags of a stage's model (:mod:`kit.defaults`): ``stage<N>``, plus ``atp`` for
     the authors' stage 3 (its EMA / augmentation / optimizer fields are in its key only then)."""
     from .das3 import _STAGES  # on use: kit.methods.das3 imports this module
 

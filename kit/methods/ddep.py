@@ -56,7 +56,7 @@ __all__ = ["INITS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
 #: the four initialisations compared in the label-fraction curve (paper Fig. 1 / Table 1)
 INITS = ("random", "supervised", "dep", "ddep")
 
-# Defaults and sections of every field: kit.methods.defaults (METHODS["ddep"]).
+# Defaults and sections of every field: kit.defaults (METHODS["ddep"]).
 
 # ----------------------------------------------------------------------------------
 # Model

@@ -17,7 +17,7 @@ L_cr, which needs source labels): ``L = CE_t + lambda_nl * L_nl``.
 
 Selection rounds are iteration numbers (``select_at``); at each the whole pool is
 predicted, pixels labelled or suppressed in earlier rounds get score ``-inf``, and every
-image receives its share of the budget (:class:`kit.active.Budget`: a fraction of pixels
+image receives its share of the budget (:class:`kit.annotation.Budget`: a fraction of pixels
 spread evenly over the rounds for RA; ``pa_points`` centre pixels per training-size image for
 PA). Baselines at equal budget: ``acquisition`` in {random, uncertainty, impurity} and
 ``mode`` in {point (single pixels at the RA pixel budget), image (whole images, highest mean
@@ -47,7 +47,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .. import active, losses
+from .. import active, annotation, losses
 from ..cache import StaleCheckpointError, cache_name, checkpoint_exists, claim_run_dir, load_into, load_or_train, model_key
 from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
@@ -60,7 +60,7 @@ __all__ = ["RIPUStep", "PRESETS", "preset_config", "baseline_config", "build_rip
            "load_or_train_ripu",  # and, re-exported from kit.methods.ripu_pool:
            "ActivePool", "select_on_pool", "make_budget", "suppression_radius", "selection_iters", "label_resolution_dataset"]
 
-# Defaults and sections of every field: kit.methods.defaults (METHODS["ripu"]).
+# Defaults and sections of every field: kit.defaults (METHODS["ripu"]).
 
 
 #: named configurations of the official code, applied by :func:`preset_config`
@@ -160,7 +160,7 @@ def _validate(cfg: Mapping[str, Any]) -> None:
     if cfg["init"] not in ("source_only", "pretrained"):
         raise ValueError(f"init must be 'source_only' or 'pretrained', got {cfg['init']!r}")
     choices = {"select_size": ("label", "train"), "tie_order": active.TIE_ORDERS,
-               "budget_rounding": active.BUDGET_ROUNDINGS, "cr_variant": losses.CR_VARIANTS}
+               "budget_rounding": annotation.BUDGET_ROUNDINGS, "cr_variant": losses.CR_VARIANTS}
     for k, valid in choices.items():
         if cfg[k] not in valid:
             raise ValueError(f"{k} must be one of {tuple(valid)}, got {cfg[k]!r}")

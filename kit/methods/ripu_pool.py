@@ -46,17 +46,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import active
+from .. import active, annotation
 from ..engine import autocast
 
 __all__ = ["ActivePool", "select_on_pool", "make_budget", "suppression_radius", "selection_iters",
            "label_resolution_dataset"]
 
 
-def make_budget(cfg: Mapping[str, Any], pixel_scale: float = 1.0) -> active.Budget:
-    """The :class:`kit.active.Budget` of a config. ``pixel_scale``: selection area over training
+def make_budget(cfg: Mapping[str, Any], pixel_scale: float = 1.0) -> annotation.Budget:
+    """The :class:`kit.annotation.Budget` of a config. ``pixel_scale``: selection area over training
     area (PA picks scale with it, as in the official formula)."""
-    return active.Budget(cfg["mode"], float(cfg["budget"]), int(cfg["rounds"]), int(cfg["radius_k"]),
+    return annotation.Budget(cfg["mode"], float(cfg["budget"]), int(cfg["rounds"]), int(cfg["radius_k"]),
                          int(cfg["pa_points"]), float(pixel_scale), cfg["budget_rounding"])
 
 
@@ -123,7 +123,7 @@ class ActivePool(torch.utils.data.Dataset):
     ``self.w``) and ``__getitem__`` resizes the masked label to the training size (nearest,
     pixel centres, like PIL's NEAREST in the official code).
 
-    ``self.state`` is the :class:`kit.active.AnnotationState` the selection rounds write into.
+    ``self.state`` is the :class:`kit.annotation.AnnotationState` the selection rounds write into.
     Its two planes (label round, suppression round) are views on a uint8 memory-mapped file
     ``<storage>/annotations.u8`` [2,N,H,W] (0 = never, r+1 = round r) that every ``__getitem__``
     reads, so DataLoader worker processes -- forked or spawned before a round -- see its labels.
@@ -171,7 +171,7 @@ class ActivePool(torch.utils.data.Dataset):
         else:
             self._mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=self.shape)   # zeros, sparse on disk
         planes = torch.from_numpy(self._mm)
-        self.state = active.AnnotationState(planes[0], planes[1], history)
+        self.state = annotation.AnnotationState(planes[0], planes[1], history)
         self.sync()
 
     # -- worker processes: reopen the file read-only instead of pickling the arrays ----------
@@ -263,13 +263,13 @@ def select_on_pool(model: nn.Module, pool: ActivePool, cfg: Mapping[str, Any], r
             sc = active.acquisition_map(prob, cfg["acquisition"], budget.k, gen, normalize=cfg["normalize_impurity"])
             image_scores.append(sc.flatten(1).mean(1).cpu())
         else:
-            active.select_round(prob, pool.state, idx, budget, cfg["acquisition"], suppression_radius(cfg), gen,
+            annotation.select_round(prob, pool.state, idx, budget, cfg["acquisition"], suppression_radius(cfg), gen,
                                 round_idx=round_idx, tie_order=cfg["tie_order"],
                                 persist_suppression=bool(cfg["persist_suppression"]),
                                 normalize=None if budget.mode == "pixel" else bool(cfg["normalize_impurity"]),
                                 record=False)   # one record per round, below
     if budget.mode == "image":
-        active.image_level_select(torch.cat(image_scores), pool.state, budget, round_idx=round_idx)
+        annotation.image_level_select(torch.cat(image_scores), pool.state, budget, round_idx=round_idx)
         pool.state.history.pop()
     rec = {"round": round_idx, "new_pixels": pool.state.labeled_pixels - before,
            "labeled_pixels": pool.state.labeled_pixels, "labeled_fraction": pool.state.labeled_fraction}
