@@ -68,6 +68,7 @@ def test_smoke_run_writes_metrics(path, tmp_path):
         assert c["holds"] in (True, False, None)
     one = _models(tmp_path / "cache")
     assert data["models"] == {"loaded": 0, "trained": len(one)}, "an empty cache: the run trained every model in it"
+    check_model_keys(path.stem, one)
     check_reproduce_agrees(path.stem, data, tmp_path / "cache", tmp_path / "reproduce")
 
     run_notebook(path, tmp_path / f"{path.stem}-jobs.ipynb", PROFILE="smoke", JOBS=2, CACHE_DIR=str(tmp_path / "c2"),
@@ -81,6 +82,29 @@ def test_smoke_run_writes_metrics(path, tmp_path):
 
 def _models(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.glob("*.pt"))
+
+
+#: every model each notebook trains at smoke, by cache key: a refactor must not retrain a model
+KEYS = Path(__file__).parent / "data" / "smoke_model_keys.json"
+
+
+def check_model_keys(notebook: str, names: list[str]) -> None:
+    """The notebook's models at smoke have the keys recorded in :data:`KEYS`. A change that is
+    meant to change a model (a default, a method's computation) rewrites its entry with
+    ``KIT_UPDATE_KEYS=1`` and says in its commit why those models train again."""
+    import json
+    import os
+
+    known = json.loads(KEYS.read_text()) if KEYS.exists() else {}
+    if os.environ.get("KIT_UPDATE_KEYS") == "1":
+        known[notebook] = names
+        KEYS.parent.mkdir(exist_ok=True)
+        KEYS.write_text(json.dumps(dict(sorted(known.items())), indent=1) + "\n")
+        return
+    assert notebook in known, f"no recorded keys for {notebook}: run with KIT_UPDATE_KEYS=1 once"
+    assert names == known[notebook], (f"{notebook} trains other models at smoke than recorded in {KEYS.name}: "
+                                      f"new {sorted(set(names) - set(known[notebook]))}, "
+                                      f"gone {sorted(set(known[notebook]) - set(names))}")
 
 
 def check_reproduce_agrees(notebook: str, data: dict, cache: Path, runs: Path) -> None:
