@@ -308,7 +308,11 @@ def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threa
     if not exps:
         raise ValueError(f"no experiment of the registry belongs to notebook {notebook!r}; "
                          f"notebooks: {sorted({get(i).notebook for i in ids()})}")
-    if resolve_jobs(jobs) == 1:
+    n = resolve_jobs(jobs)   # "auto": the free cores, sampled once
+    if n == 1:
+        if log and (jobs is None or str(jobs).strip().lower() == "auto"):
+            log("[jobs] JOBS auto: one worker on this machine now (see `kit info`); the cells train the models "
+                "one after another")
         return 0
     for e in exps:
         missing = set(e.config(cfg["profile"])) - set(cfg)
@@ -317,8 +321,11 @@ def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threa
                              f"{sorted(missing)[:5]}; pass the notebook's resolved config")
     tasks = [t for e in exps if (e.in_notebook(cfg) if e.in_notebook is not None else e.decides)
              for t in e.tasks(cfg)]
-    if resolve_jobs(jobs, len(tasks)) > 1:
-        run_tasks(tasks, jobs, threads=threads, log=log)
+    if min(n, len(tasks)) > 1:
+        import torch
+
+        # the workers share the notebook's threads (THREADS, else what torch uses now)
+        run_tasks(tasks, min(n, len(tasks)), threads=threads or torch.get_num_threads(), log=log)
         return len(tasks)
     return 0
 
