@@ -1,8 +1,9 @@
 """Train independent models at the same time: ``run_tasks(tasks, jobs)``.
 
-The kit's networks are small: one training does not keep many cores busy (measured on two
-cores: two models trained at once with one thread each give 1.35x the models per hour of one
-after the other with two threads each, fp32; 1.47x in native bf16). So the models an experiment
+The kit's networks are small: one training does not keep many cores busy (two source-only
+trainings at once with one thread each against one after the other with two threads each, on
+two cores of an AMD EPYC: 1.32x the models per hour in fp32 on AVX2, 1.46x in native bf16;
+``benchmarks/bench_pair.py``, results in ``benchmarks/RESULTS.md``). So the models an experiment
 needs are trained by ``jobs`` worker processes, each with its share of the cores, through the
 very same code path as one after the other: a worker calls the task's function, which loads its
 model from the cache or trains and saves it (:func:`kit.cache.load_or_train`). Afterwards the
