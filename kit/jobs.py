@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["Task", "run_tasks", "auto_jobs", "resolve_jobs", "threads_per_job", "WORKER_MEMORY", "JobError"]
+__all__ = ["Task", "run_tasks", "run_ahead", "auto_jobs", "resolve_jobs", "threads_per_job", "WORKER_MEMORY", "JobError"]
 
 #: memory one worker may need at the toy profiles (a process with torch and the kit ~0.4 GB, the
 #: toy world's uint8 image cache and one small network in training); a conservative bound
@@ -209,3 +209,17 @@ def run_tasks(tasks: Sequence[Task], jobs: int | str | None = 1, threads: int | 
     if errors:
         raise JobError(f"{len(errors)} of {len(tasks)} task(s) failed:\n" + "\n".join(errors))
     return times
+
+
+def run_ahead(tasks: Sequence[Task], jobs: int | str | None = "auto", threads: int | None = None,
+              log: Callable[[str], None] | None = print, workers: int | None = None) -> int:
+    """Train ``tasks`` ahead of a caller that then loads their models from the cache: in a pool of
+    workers when ``jobs`` (``"auto"`` sampled once here; ``workers``: already resolved) gives more
+    than one for these tasks, else not at all (the caller trains them itself, in its own order).
+    Returns the number of tasks run."""
+    tasks = list(tasks)
+    n = min(workers if workers is not None else resolve_jobs(jobs), len(tasks))
+    if n <= 1:
+        return 0
+    run_tasks(tasks, n, threads=threads, log=log)
+    return len(tasks)

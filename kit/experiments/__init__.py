@@ -141,13 +141,11 @@ class Experiment:
                  cells: Sequence[str] | None = None, threads: int | None = None,
                  log: Callable[[str], None] | None = print) -> None:
         """Train (into the model cache) every model a :meth:`run` with the same arguments needs,
-        ``jobs`` at a time (:func:`kit.jobs.run_tasks`); the run then loads them. With one job
+        ``jobs`` at a time (:func:`kit.jobs.run_ahead`); the run then loads them. With one job
         it does nothing: the run trains them itself, in the same order as ever."""
-        from ..jobs import resolve_jobs, run_tasks
+        from ..jobs import run_ahead
 
-        tasks = self.tasks(cfg, seeds, cells)
-        if resolve_jobs(jobs, len(tasks)) > 1:
-            run_tasks(tasks, jobs, threads=threads, log=log)
+        run_ahead(self.tasks(cfg, seeds, cells), jobs, threads=threads, log=log)
 
     def cell(self, name: str) -> Cell:
         return _named(self.cells, name, self.id)
@@ -278,22 +276,21 @@ def prefetch(ids: Sequence[str], profile: str = "quick", params: Mapping[str, An
              jobs: int | str | None = "auto", log: Callable[[str], None] | None = print,
              threads: int | None = None) -> None:
     """Train the models of several experiments into the cache in one pool of ``jobs`` workers
-    (:func:`kit.jobs.run_tasks`): one start-up for all of them, and a worker that finishes one
+    (:func:`kit.jobs.run_ahead`): one start-up for all of them, and a worker that finishes one
     experiment's models goes on with the next one's. :func:`reproduce` then finds them cached."""
-    from ..jobs import resolve_jobs, run_tasks
+    from ..jobs import run_ahead
 
     params = dict(params or {})
     params.pop("run_dir", None)
-    tasks = [t for i in ids for t in get(i).tasks(get(i).config(profile, **params))]
-    if resolve_jobs(jobs, len(tasks)) > 1:
-        run_tasks(tasks, jobs, threads=threads, log=log)
+    run_ahead([t for i in ids for t in get(i).tasks(get(i).config(profile, **params))], jobs, threads=threads,
+              log=log)
 
 
 def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threads: int | None = None,
                       log: Callable[[str], None] | None = print) -> int:
     """A notebook's ``JOBS``: train every model of the registry's tables that ``notebook`` runs at
     ``cfg`` (its resolved config; :attr:`Experiment.in_notebook`) ``jobs`` at a time, in one pool
-    (:func:`kit.jobs.run_tasks`; ``threads``: all the workers' threads together, default the free
+    (:func:`kit.jobs.run_ahead`; ``threads``: all the workers' threads together, default the free
     cores); the notebook's cells then load them from the cache, in the same order and with the
     same keys as ever. Models the notebook trains outside the registry (its
     diagnoses) it still trains itself. With one job it does nothing. Returns the tasks run.
@@ -302,7 +299,9 @@ def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threa
     >>> prefetch_notebook("01_adaptsegnet", resolve("smoke", "adaptseg"), jobs=1)
     0
     """
-    from ..jobs import resolve_jobs, run_tasks
+    import torch
+
+    from ..jobs import resolve_jobs, run_ahead
 
     exps = [get(i) for i in ids() if get(i).notebook == notebook]
     if not exps:
@@ -321,13 +320,8 @@ def prefetch_notebook(notebook: str, cfg, jobs: int | str | None = "auto", threa
                              f"{sorted(missing)[:5]}; pass the notebook's resolved config")
     tasks = [t for e in exps if (e.in_notebook(cfg) if e.in_notebook is not None else e.decides)
              for t in e.tasks(cfg)]
-    if min(n, len(tasks)) > 1:
-        import torch
-
-        # the workers share the notebook's threads (THREADS, else what torch uses now)
-        run_tasks(tasks, min(n, len(tasks)), threads=threads or torch.get_num_threads(), log=log)
-        return len(tasks)
-    return 0
+    # the workers share the notebook's threads (THREADS, else what torch uses now)
+    return run_ahead(tasks, workers=n, threads=threads or torch.get_num_threads(), log=log)
 
 
 def reproduce(id: str, profile: str = "quick", params: Mapping[str, Any] | None = None,
