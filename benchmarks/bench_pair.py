@@ -28,7 +28,7 @@ import torch
 from kit.cache import bypassed
 from kit.config import resolve
 from kit.data import make_da_datasets
-from kit.methods.supervised import load_or_train_baseline
+from kit.fit import fit
 
 seed, threads, amp, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(threads)
@@ -41,7 +41,7 @@ while not os.path.exists(go):
     time.sleep(0.01)
 t0 = time.time()
 with bypassed():
-    load_or_train_baseline("source_only", cfg, seed, ds, verbose=False)
+    fit("source_only", cfg, seed, ds)
 print(json.dumps({"seed": seed, "start": t0, "end": time.time()}))
 """
 

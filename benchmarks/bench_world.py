@@ -27,7 +27,7 @@ import torch
 from kit import losses
 from kit.config import resolve
 from kit.data.world import ToyWorld, render, render_uint8
-from kit.engine import autocast
+from kit.machine import autocast
 from kit.methods.supervised import build_model, make_model_optimizer
 
 

@@ -8,8 +8,8 @@
     kit summary --profile quick                         # runs/quick/*/metrics.json as a table
     kit results-page --profile full                     # docs/results-full.md from runs/full/*/metrics.json
     kit params 01_adaptsegnet                           # the parameters a notebook declares
-    kit train supervised --profile smoke -p ITERS=20    # one process ...
-    torchrun --nproc_per_node=4 -m kit train supervised --profile paper   # ... or N GPUs
+    kit train source_only --profile smoke -p ITERS=20    # one process ...
+    torchrun --nproc_per_node=4 -m kit train source_only --profile paper   # ... or N GPUs
 
 ``kit run`` executes a notebook with papermill into ``runs/<profile>/<stem>.ipynb`` with
 ``PROFILE=<profile>`` and the ``-p`` parameters. Unlike papermill, which only warns, it
@@ -257,15 +257,16 @@ def _cmd_params(args) -> int:
 def _cmd_train(args) -> int:
     from . import distributed, methods
     from .config import resolve
+    from .fit import train
 
     params, leftovers = parse_params(args.param)
     if leftovers:
         raise CliError(f"-p expects KEY VALUE or KEY=VALUE; cannot read {' '.join(leftovers)!r}")
     try:
-        train_fn = methods.get(args.method)
+        method = methods.get(args.method)
         if args.out is not None:
             params["run_dir"] = args.out
-        cfg = resolve(args.profile or DEFAULT_PROFILE, methods.config_method(args.method), **params)
+        cfg = resolve(args.profile or DEFAULT_PROFILE, method.config, **params)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from None
     info = distributed.init_distributed()
@@ -276,7 +277,7 @@ def _cmd_train(args) -> int:
                   + (f" ({info.backend}), global batch {cfg['batch_size'] * info.world_size}"
                      if info.world_size > 1 else ""), flush=True)
         t0 = time.perf_counter()
-        path = train_fn(cfg)
+        path = train(args.method, cfg)
         if info.rank == 0:
             print(f"[kit] trained {args.method!r} in {time.perf_counter() - t0:.1f} s"
                   + (f" -> {path}" if path else ""), flush=True)
@@ -444,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a registered method (works under torchrun)",
                        description="Train METHOD outside the notebooks; saves runs/<profile>/train/<METHOD>.pt. "
                        "On N GPUs: torchrun --nproc_per_node=N -m kit train METHOD --profile paper")
-    p.add_argument("method", help="a registered method, e.g. supervised")
+    p.add_argument("method", help="a registered method (kit.methods.names()), e.g. source_only")
     p.add_argument("--profile", default=None, help=f"default {DEFAULT_PROFILE}")
     p.add_argument("-p", "--param", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config field (case-insensitive), e.g. -p ITERS=2000")

@@ -5,7 +5,7 @@ Nothing here is needed on a laptop: without ``torchrun`` every function is a no-
 
 Train a registered method on N GPUs of one machine::
 
-    torchrun --nproc_per_node=N -m kit train supervised --profile paper -p ITERS=150000
+    torchrun --nproc_per_node=N -m kit train source_only --profile paper -p ITERS=150000
 
 (``torchrun --nnodes=M --node_rank=R --rdzv_endpoint=HOST:PORT ...`` for several machines.)
 ``kit train`` calls :func:`init_distributed`, which reads the ``RANK``, ``WORLD_SIZE``

@@ -19,8 +19,8 @@ Under ``torchrun`` (see :mod:`kit.distributed`) the same engine trains data-para
 DistributedDataParallel, each process reads a disjoint slice of every global batch,
 and rank 0 alone shows progress, evaluates and writes checkpoints.
 
-Inference and evaluation (``predict``, ``evaluate``, ``EvalResult``) live in
-:mod:`kit.evaluation`; they are re-exported here for code that imports them from the engine.
+Inference and evaluation (``predict``, ``evaluate``, ``EvalResult``) live in :mod:`kit.evaluation`;
+the device, precision and threads (``resolve_device``, ``autocast``, ``set_threads``) in :mod:`kit.machine`.
 """
 from __future__ import annotations
 
@@ -40,12 +40,11 @@ from . import distributed as dist_utils
 from .cache import checkpoint_exists, load_checkpoint, load_into, save_checkpoint
 from .data import VOID_LABELS_HINT, describe_dataset
 from .data.labels import IGNORE_INDEX
-from .evaluation import EvalResult, evaluate, predict  # noqa: F401  (re-exported: their old home)
-from .machine import amp_dtype, autocast, resolve_device, set_threads  # noqa: F401  (re-exported)
+from .machine import amp_dtype, autocast, resolve_device
 
 __all__ = [
-    "seed_everything", "set_threads", "resolve_device", "autocast", "BatchStream", "make_optimizer", "poly_lr",
-    "History", "Engine", "evaluate", "predict", "EvalResult",
+    "seed_everything", "BatchStream", "make_optimizer", "poly_lr",
+    "History", "Engine",
 ]
 
 

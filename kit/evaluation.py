@@ -6,7 +6,7 @@ compute it), returning an :class:`EvalResult`.
 Generic over models: a model's forward returns logits ``[B, C, h, w]`` or a mapping
 holding them under ``key`` (default ``"out"``). Nothing here trains, so the methods,
 the notebooks and user code evaluate the same way. (These used to live in
-:mod:`kit.engine`, which still re-exports them.)
+:mod:`kit.engine`.)
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from kit import losses
 from kit.config import resolve
 from kit.engine import Engine, make_optimizer
 from kit.methods import adaptseg, adaptseg_analysis
-from kit.methods.adaptseg import AdaptSegStep, build_discriminators, d_input, load_or_train_adaptseg
+from kit.fit import fit
+from kit.methods.adaptseg import AdaptSegStep, build_discriminators, d_input
 from kit.models import DeepLabV2, FCDiscriminator
 from kit.models.utils import set_requires_grad
 
@@ -183,7 +184,9 @@ def test_step_rejects_bad_settings():
         d_input(tiny_g(multi=False)(torch.rand(1, 3, 32, 64)), "feat", (32, 64), feature_upsample=1)
     cfg = resolve("smoke", "adaptseg", max_iters=100)
     with pytest.raises(ValueError, match="max_iters"):
-        load_or_train_adaptseg(cfg)
+        fit("adaptseg", cfg)
+    with pytest.raises(ValueError, match="pass it as `source`"):
+        adaptseg.build_adapted(resolve("smoke", "adaptseg", init="source_only"), 5)
 
 
 def test_config_uses_the_papers_names_and_values():
@@ -205,11 +208,15 @@ def test_config_uses_the_papers_names_and_values():
 
 def test_smoke_train_is_cached_and_d_map_is_a_probability(tmp_path):
     cfg = resolve("smoke", "adaptseg", level="multi", cache_dir=str(tmp_path), device="cpu")
-    G, discs, meta = load_or_train_adaptseg(cfg, seed=0, verbose=False)
+    first = fit("adaptseg", cfg, seed=0)
+    G, discs, meta = first.model, first.parts["discriminators"], first.meta
     assert not meta["cached"] and set(discs) == {"aux", "out"}
     assert meta["history"]["val"] and "miou" in meta["history"]["val"][-1]
-    G2, _, meta2 = load_or_train_adaptseg(cfg, seed=0, verbose=False)
-    assert meta2["cached"]
+    again = fit("adaptseg", cfg, seed=0)
+    G2, meta2 = again.model, again.meta
+    assert meta2["cached"] and set(again.parts["discriminators"]) == {"aux", "out"}
+    for a, b in zip(discs["out"].state_dict().values(), again.parts["discriminators"]["out"].state_dict().values()):
+        assert torch.equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
     x = torch.rand(2, 3, 32, 64)
     m = adaptseg_analysis.discriminator_map(G, discs["out"], x)
@@ -219,10 +226,7 @@ def test_smoke_train_is_cached_and_d_map_is_a_probability(tmp_path):
 def test_registered_for_kit_train():
     from kit import methods
 
-    from kit.fit import Trainer
-
-    assert methods.get("adaptseg") == Trainer("adaptseg")
-    assert methods.config_method("adaptseg") == "adaptseg"
+    assert methods.get("adaptseg").name == "adaptseg" and methods.get("adaptseg").config == "adaptseg"
 
 
 def test_paper_profile_constructs_and_runs_on_cpu(tmp_path):

@@ -99,12 +99,13 @@ def test_ddep_finetune_key_holds_the_whole_recipe():
 
 def test_baseline_key_ignores_other_methods_fields():
     """The source-only model DAS3 starts from is the one the introduction trained."""
-    from kit.methods.supervised import baseline_key
+    from kit.fit import key_of
 
     ds = TensorDataset(torch.zeros(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long))
     ds.num_classes = 2
     intro, das3 = resolve("smoke", "intro"), resolve("smoke", "das3", stage1_iters=7)
-    assert baseline_key("source_only", intro, 0, ds) == baseline_key("source_only", das3, 0, ds)
+    data = {"source_train": ds}
+    assert key_of("source_only", intro, 0, data) == key_of("source_only", das3, 0, data)
 
 
 def test_baseline_config_inherits_data_model_and_run_sections():
@@ -147,16 +148,16 @@ def test_toy_world_keeps_its_fingerprint():
 
 def test_two_plain_datasets_never_share_a_model(tmp_path):
     """Two different datasets without a fingerprint, same config: two different models."""
-    from kit.methods.supervised import load_or_train_baseline
+    from kit.fit import fit
 
     cfg = resolve("smoke", "supervised", iters=2, batch_size=2, size=[16, 16], eval_size=[16, 16],
                   device="cpu", amp="off", cache_dir=str(tmp_path))
-    m1, meta1 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(0)}, verbose=False)
-    m2, meta2 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(1)}, verbose=False)
+    f1, f2 = (fit("source_only", cfg, 0, {"source_train": _plain(i)}) for i in (0, 1))
+    (m1, meta1), (m2, meta2) = (f1.model, f1.meta), (f2.model, f2.meta)
     assert meta1["key"] != meta2["key"] and meta2["cached"] is False
     w1, w2 = m1.state_dict(), m2.state_dict()
     assert any(not torch.equal(w1[k], w2[k]) for k in w1 if w1[k].is_floating_point())
-    _, meta3 = load_or_train_baseline("source_only", cfg, 0, {"source_train": _plain(0)}, verbose=False)
+    meta3 = fit("source_only", cfg, 0, {"source_train": _plain(0)}).meta
     assert meta3["cached"] is True and meta3["key"] == meta1["key"]   # same content: the same model
 
 
@@ -164,33 +165,44 @@ def test_two_plain_datasets_never_share_a_model(tmp_path):
 # derived models record the key of the model they start from
 # ---------------------------------------------------------------------------------------------
 def test_derived_keys_name_their_parent():
+    from kit import methods
     from kit.data import make_da_datasets
-    from kit.methods import adaptseg, cdcl, das3, ripu
-    from kit.methods.supervised import baseline_name
+    from kit.fit import key_of
+    from kit.methods import adaptseg, ripu
+
+    def key(method, cfg, data, parents, **spec):
+        m = methods.get(method)
+        return m.key(cfg, 0, data, {**m.spec, **spec}, parents)
 
     cfg = resolve("smoke", "adaptseg")
     ds = make_da_datasets(cfg)
-    parent = baseline_name("source_only", adaptseg.baseline_config(cfg), 0, ds)
-    assert adaptseg.adaptseg_key(cfg, 0, ds)["parents"] == [parent]
-    assert adaptseg.adaptseg_key(adaptseg.variant(cfg, init="pretrained"), 0, ds)["parents"] == []
+    parent = key_of("source_only", adaptseg.baseline_config(cfg), 0, ds)
+    assert methods.get("adaptseg").parents(cfg, {}) == {"init": methods.base.Parent("source_only", adaptseg.baseline_config(cfg))}
+    assert methods.get("adaptseg").parents(adaptseg.variant(cfg, init="pretrained"), {}) == {}
+    assert key("adaptseg", cfg, ds, {"init": parent})["parents"] == [parent]
     rcfg = resolve("smoke", "ripu")
-    assert ripu.ripu_key(rcfg, 0, ds)["parents"] == [baseline_name("source_only", ripu.baseline_config(rcfg), 0, ds)]
+    assert methods.get("ripu").parents(rcfg, {})["init"].cfg == ripu.baseline_config(rcfg)
     dcfg = resolve("smoke", "das3")
-    assert das3.stage_key(2, dcfg, "das3-stage1-abc", 0)["parents"] == ["das3-stage1-abc"]
-    assert das3.stage_key(2, dcfg, "a", 0) != das3.stage_key(2, dcfg, "b", 0)
+    assert key("das3", dcfg, ds, {"input": "das3-stage1-abc"}, stage=2)["parents"] == ["das3-stage1-abc"]
+    assert key("das3", dcfg, ds, {"input": "a"}, stage=2) != key("das3", dcfg, ds, {"input": "b"}, stage=2)
+    assert methods.get("das3").parents(dcfg, {"stage": 2})["input"].spec == {"stage": 1}
     ccfg = resolve("smoke", "cdcl")
     data = {n: {"train": _plain(i)} for i, n in enumerate(("city_a", "city_b"))}
-    single = cache_name("cdcl_single", cdcl.cache_key(ccfg, "single", ["city_b"], 0, data))
-    assert cdcl.cache_key(ccfg, "finetune", ["city_a"], 0, data, init="city_b")["parents"] == [single]
+    single = key_of("cdcl", ccfg, 0, data, kind="single", names=["city_b"])
+    assert key_of("cdcl", ccfg, 0, data, kind="finetune", names=["city_a"], init="city_b") == cache_name(
+        "cdcl_finetune", key("cdcl", ccfg, data, {"init": single}, kind="finetune", names=["city_a"], init="city_b"))
 
 
 def test_parent_key_is_the_cached_models_key(tmp_path):
     """What a derived key records is exactly the key the parent was cached under."""
     from kit.data import make_da_datasets
+    from kit.fit import fit, key_of
     from kit.methods import adaptseg
-    from kit.methods.supervised import load_or_train_baseline
 
     cfg = resolve("smoke", "adaptseg", iters=2, device="cpu", amp="off", cache_dir=str(tmp_path))
     ds = make_da_datasets(cfg)
-    _, meta = load_or_train_baseline("source_only", adaptseg.baseline_config(cfg), 0, ds, verbose=False)
-    assert adaptseg.adaptseg_key(cfg, 0, ds)["parents"] == [meta["key"]]
+    parent = fit("source_only", adaptseg.baseline_config(cfg), 0, ds)
+    assert parent.key == key_of("source_only", adaptseg.baseline_config(cfg), 0, ds)
+    child = fit("adaptseg", cfg, 0, ds)
+    assert child.meta["config"]["parents"] == [parent.key]     # the key dict it was cached under
+    assert child.key == key_of("adaptseg", cfg, 0, ds)

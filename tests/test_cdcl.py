@@ -7,9 +7,13 @@ import torch
 import torch.nn as nn
 
 from kit.config import resolve
+from kit.data import make_cdcl_datasets
 from kit.data.world_spec import DOMAINS, WORLD_CLASSES
+from kit.fit import fit, key_of
 from kit.losses import seg_loss
 from kit.methods import cdcl
+from kit.methods.cdcl_analysis import distribution_distance
+from kit.methods.cdcl_remap import LabelRemap, label_remap_for, label_remap_loss
 from kit.models import DSBatchNorm2d, PSPNet, convert_to_dsbn, count_flops, count_parameters, use_domain
 
 
@@ -117,7 +121,7 @@ def test_dat_one_step_equals_the_sum_of_per_dataset_gradients():
 
 def test_label_remapping_maps_every_class_exactly_once():
     names = ["city_a", "city_b", "city_c"]
-    remap = cdcl.LabelRemap.from_domains(names)
+    remap = LabelRemap.from_domains(names)
     assert remap.union == tuple(WORLD_CLASSES)
     for i, n in enumerate(names):
         m = remap.membership(i)
@@ -128,9 +132,9 @@ def test_label_remapping_maps_every_class_exactly_once():
     assert torch.equal(remap.membership(0), torch.eye(11))
     assert remap.membership(2).sum() == 11 and remap.membership(2).shape[0] == 8
     with pytest.raises(ValueError, match="in both"):
-        cdcl.LabelRemap(("a", "b"), (("x", "y"),), ({"x": ("a", "b"), "y": ("b",)},))
+        LabelRemap(("a", "b"), (("x", "y"),), ({"x": ("a", "b"), "y": ("b",)},))
     with pytest.raises(ValueError, match="not in the union"):
-        cdcl.LabelRemap(("a",), (("x",),), ({"x": ("z",)},))
+        LabelRemap(("a",), (("x",),), ({"x": ("z",)},))
 
 
 def test_label_remap_loss_identity_equals_cross_entropy_and_merges_probabilities():
@@ -138,12 +142,12 @@ def test_label_remap_loss_identity_equals_cross_entropy_and_merges_probabilities
     logits = torch.randn(2, 5, 4, 8)
     y = torch.randint(0, 5, (2, 8, 16))
     y[0, 0] = 255
-    assert torch.allclose(cdcl.label_remap_loss(logits, y, torch.eye(5)), seg_loss(logits, y), atol=1e-5)
+    assert torch.allclose(label_remap_loss(logits, y, torch.eye(5)), seg_loss(logits, y), atol=1e-5)
     m = torch.tensor([[1., 1., 0., 0., 0.], [0., 0., 1., 0., 0.], [0., 0., 0., 1., 1.]])
-    l3 = cdcl.label_remap_loss(logits, y.clamp(max=2), m)
+    l3 = label_remap_loss(logits, y.clamp(max=2), m)
     assert torch.isfinite(l3) and l3 >= 0
     with pytest.raises(ValueError, match="membership"):
-        cdcl.label_remap_loss(logits, y, torch.eye(4))
+        label_remap_loss(logits, y, torch.eye(4))
 
 
 def test_dataset_model_has_no_extra_inference_cost():
@@ -162,10 +166,10 @@ def test_dataset_model_has_no_extra_inference_cost():
 
 def test_distribution_distance():
     a = torch.randn(1000).numpy()
-    assert cdcl.distribution_distance(a, a) == 0.0
-    assert cdcl.distribution_distance(a, a + 2.0) > cdcl.distribution_distance(a, a + 0.1)
+    assert distribution_distance(a, a) == 0.0
+    assert distribution_distance(a, a + 2.0) > distribution_distance(a, a + 0.1)
     with pytest.raises(ValueError):
-        cdcl.distribution_distance([], a)
+        distribution_distance([], a)
 
 
 def test_bad_inputs_fail_clearly():
@@ -177,24 +181,29 @@ def test_bad_inputs_fail_clearly():
         cdcl.DATStep([cdcl.Route("a")], weights=[1.0, 2.0])
     cfg = resolve("smoke", "cdcl")
     with pytest.raises(ValueError, match="unknown kind"):
-        cdcl.load_or_train_cdcl(cfg, "joint", ["city_a"])
+        fit("cdcl", cfg, kind="joint", names=["city_a"])
     with pytest.raises(ValueError, match="init"):
-        cdcl.load_or_train_cdcl(cfg, "finetune", ["city_b"])
+        fit("cdcl", cfg, kind="finetune", names=["city_b"])
     with pytest.raises(ValueError, match="unknown toy-world dataset"):
-        cdcl.make_cdcl_datasets({**cfg, "datasets": ["city_z"]})
+        make_cdcl_datasets({**cfg, "datasets": ["city_z"]})
 
 
 def test_smoke_kinds_train_evaluate_and_cache(tmp_path):
     cfg = resolve("smoke", "cdcl", cache_dir=str(tmp_path), iters=2, ft_iters=1)
-    ds = cdcl.make_cdcl_datasets(cfg)
+    ds = make_cdcl_datasets(cfg)
     names = ["city_a", "city_c"]
     for kind, nm, init in [("finetune", ["city_c"], "city_a"), ("remap", names, None), ("dat", names, None)]:
-        model, meta = cdcl.load_or_train_cdcl(cfg, kind, nm, 0, ds, init=init, verbose=False)
+        f = fit("cdcl", cfg, 0, ds, kind=kind, names=nm, init=init)
+        model, meta = f.model, f.meta
         res = cdcl.evaluate_cdcl(model, kind, nm, ds, cfg)
         assert set(res) == set(nm) and all(0 <= r.miou <= 100 for r in res.values())
-        assert meta["cached"] is False
-    _, meta = cdcl.load_or_train_cdcl(cfg, "dat", names, 0, ds, verbose=False)
-    assert meta["cached"] is True
+        assert meta["cached"] is False and meta["datasets"] == nm
+        assert f.key == key_of("cdcl", cfg, 0, ds, kind=kind, names=nm, init=init)
+    # the fine-tuned model's parent: the single-dataset model of its init dataset, same seed (now cached)
+    assert fit("cdcl", cfg, 0, ds, kind="single", names=["city_a"]).cached
+    again = fit("cdcl", cfg, 0, ds, kind="dat", names=names)
+    assert again.meta["cached"] is True
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.model.state_dict().values()))
     wrong = cdcl.evaluate_cdcl(model, "dat", names, ds, cfg, branch={"city_a": 1})
     assert set(wrong) == set(names)
 
@@ -207,7 +216,7 @@ def test_paper_profile_constructs_and_runs_a_few_steps_on_cpu(tmp_path):
                   batch_size=2, eval_batch_size=2, cache_dir=str(tmp_path), progress=False, render_device="cpu",
                   num_workers=0)
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.depth, cfg.width) == ("sgd", 0.01, 1e-4, 18, 64)
-    ds = cdcl.make_cdcl_datasets(cfg)
+    ds = make_cdcl_datasets(cfg)
     model, hist = cdcl.train_cdcl(cfg, "dat", cfg.datasets, 0, ds)
     assert len(hist.train) >= 1 and set(hist.train[-1]) >= {"seg_city_a", "seg_city_b", "seg_city_c", "total"}
     res = cdcl.evaluate_cdcl(model, "dat", cfg.datasets, ds, cfg)
@@ -241,24 +250,31 @@ def test_real_data_root_layout_and_label_remap(tmp_path):
             _save(lab, tmp_path / "camvid" / f"{split}annot" / f"c{k}.png")
     cfg = resolve("paper", "cdcl", data_root=str(tmp_path), datasets=["cityscapes", "bdd100k", "camvid"],
                   size=[16, 16], eval_size=[16, 32])
-    ds = cdcl.make_cdcl_datasets(cfg)
+    ds = make_cdcl_datasets(cfg)
     x, y = ds["camvid"]["train"][0]
     assert x.shape == (3, 16, 16) and set(y.unique().tolist()) <= {5, 255}
     assert int(ds["bdd100k"]["val"][0][1][0, 0]) == 13 and int(ds["cityscapes"]["val"][0][1][0, 0]) == 0
-    remap = cdcl.label_remap_for(ds)
+    remap = label_remap_for(ds)
     assert len(remap.union) == 19 and remap.membership(2).shape == (11, 19)
     assert torch.equal(remap.membership(0), torch.eye(19))
     assert bool((remap.membership(2).sum(0) <= 1).all()) and bool((remap.membership(2).sum(1) >= 1).all())
     with pytest.raises(ValueError, match="unknown real dataset"):
-        cdcl.make_cdcl_datasets({**cfg, "datasets": ["mapillary"]})
+        make_cdcl_datasets({**cfg, "datasets": ["mapillary"]})
 
 
-def test_moved_pieces_have_their_homes_and_old_paths_still_work():
+def test_moved_pieces_have_their_homes_and_old_paths_are_gone():
+    """One home per name: kit.methods.cdcl exports none of the moved pieces (it imports the ones it
+    uses itself); the rest are no attribute of it at all."""
     from kit import data
+    from kit.data import labels
     from kit.methods import cdcl_analysis, cdcl_remap
 
-    assert cdcl.make_cdcl_datasets is data.make_cdcl_datasets and cdcl.REAL_LAYOUT is data.REAL_LAYOUT
-    for name in ("LabelRemap", "label_remap_loss", "GroupedOutput", "label_remap_for"):
-        assert getattr(cdcl, name) is getattr(cdcl_remap, name)
-    for name in ("layer_statistics", "distribution_distance"):
-        assert getattr(cdcl, name) is getattr(cdcl_analysis, name)
+    homes = {data: ("make_cdcl_datasets", "REAL_LAYOUT"), labels: ("CAMVID_CLASSES", "CAMVID_TO_CITYSCAPES"),
+             cdcl_remap: ("LabelRemap", "label_remap_loss", "GroupedOutput", "label_remap_for"),
+             cdcl_analysis: ("layer_statistics", "distribution_distance")}
+    for home, names in homes.items():
+        for name in names:
+            assert hasattr(home, name) and name not in cdcl.__all__, name
+    for name in ("REAL_LAYOUT", "LabelRemap", "layer_statistics", "distribution_distance", "CAMVID_CLASSES",
+                 "CAMVID_TO_CITYSCAPES", "load_or_train_cdcl", "cache_key"):
+        assert not hasattr(cdcl, name), name

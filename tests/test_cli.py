@@ -141,13 +141,20 @@ def test_run_all_continues_past_failures(project, capsys):
 
 
 def test_registry():
-    assert {"supervised", "oracle"} <= set(methods.names())
-    with pytest.raises(ValueError, match="registered methods: .*supervised"):
+    from kit.methods.base import Method
+
+    assert {"source_only", "oracle", "adaptseg", "das3", "ripu", "cdcl", "ddep"} <= set(methods.names())
+    with pytest.raises(ValueError, match="registered methods: .*source_only"):
         methods.get("nope")
-    methods.register("dummy_for_test", "kit.cli:main")
+    with pytest.raises(TypeError, match="Method instance"):
+        methods.register(main)
+
+    class Dummy(Method):
+        name = "dummy_for_test"
+
+    d = methods.register(Dummy())
     try:
-        assert methods.get("dummy_for_test") is main
-        assert methods.config_method("dummy_for_test") == "supervised"
+        assert methods.get("dummy_for_test") is d and d.config == "supervised"
     finally:
         methods._REGISTRY.pop("dummy_for_test")
 
@@ -155,15 +162,15 @@ def test_registry():
 def test_train_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "nope"]) == 2
-    assert main(["train", "supervised", "--profile", "smoke", "-p", "ITRES=2"]) == 2
+    assert main(["train", "source_only", "--profile", "smoke", "-p", "ITRES=2"]) == 2
     assert "Did you mean ['iters']" in capsys.readouterr().err
-    assert main(["train", "supervised", "--profile", "smoke", "-p", "ITERS=2", "-p", "n_train", "8"]) == 0
-    ck = tmp_path / "runs" / "smoke" / "train" / "supervised.pt"
+    assert main(["train", "source_only", "--profile", "smoke", "-p", "ITERS=2", "-p", "n_train", "8"]) == 0
+    ck = tmp_path / "runs" / "smoke" / "train" / "source_only.pt"
     assert ck.is_file() and ck.with_suffix(".json").is_file()
     from kit.cache import load_checkpoint
 
     state, meta = load_checkpoint(ck)
-    assert meta["method"] == "supervised" and meta["world_size"] == 1 and len(meta["history"]["train"]) == 2
+    assert meta["method"] == "source_only" and meta["world_size"] == 1 and len(meta["history"]["train"]) == 2
     assert not any(k.startswith("module.") for k in state["model"])
 
 

@@ -10,6 +10,9 @@ import torch
 from kit import losses
 from kit.config import resolve
 from kit.data import ToyWorld
+from kit.data.mixing import class_mix, class_mix_batch
+from kit.data.wrappers import Unlabeled
+from kit.fit import fit, key_of
 from kit.methods import das3
 from kit.methods.supervised import build_model
 
@@ -138,7 +141,7 @@ def test_class_mix_keeps_image_and_label_aligned():
     lb = torch.randint(5, 9, (3, 8, 12), generator=g)
     ia = la[:, None].float().expand(-1, 3, -1, -1) / 10     # an image whose colour encodes its label
     ib = lb[:, None].float().expand(-1, 3, -1, -1) / 10
-    img, lab, mask = das3.class_mix_batch(ia, la, la, ib, lb, generator=g)
+    img, lab, mask = class_mix_batch(ia, la, la, ib, lb, generator=g)
     assert torch.equal((img[:, 0] * 10).round().long(), lab)        # every pixel: colour and label agree
     assert torch.equal(lab[mask], la[mask]) and torch.equal(lab[~mask], lb[~mask])
     for i in range(3):   # half of the classes of A (rounded up) are pasted, whole
@@ -150,8 +153,8 @@ def test_class_mix_keeps_image_and_label_aligned():
 
 def test_class_mix_checks_shapes():
     with pytest.raises(ValueError, match="mask must be bool"):
-        das3.class_mix(torch.zeros(3, 2, 2), torch.zeros(2, 2), torch.zeros(3, 2, 2), torch.zeros(2, 2),
-                       torch.zeros(2, 2))
+        class_mix(torch.zeros(3, 2, 2), torch.zeros(2, 2), torch.zeros(3, 2, 2), torch.zeros(2, 2),
+                  torch.zeros(2, 2))
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -170,7 +173,7 @@ def test_the_api_accepts_no_source_data():
     assert params == ["source_model", "target", "cfg", "seed", "stages"]
     for fn in (das3.stage1_align, das3.stage2_self_train, das3.stage3_propagate):
         assert list(inspect.signature(fn).parameters) == ["model", "target", "cfg", "seed"]
-    ds = das3.Unlabeled(ToyWorld("real", "train", (32, 64), 4))
+    ds = Unlabeled(ToyWorld("real", "train", (32, 64), 4))
     x, i = ds[2]
     assert x.shape == (3, 32, 64) and int(i) == 2       # the label is not handed out
 
@@ -217,14 +220,31 @@ def test_adapt_chains_and_cache_reuses(tiny, tmp_path):
     cfg = dict(cfg, cache_dir=str(tmp_path))
     out = das3.adapt(model, target, cfg, seed=0, stages=(1, 2))
     assert set(out) == {1, 2}
+    # the cached stage, through the one runner, from this source model (a weights file: keyed by its content)
+    src = tmp_path / "src.pt"
+    torch.save(model.state_dict(), src)
     val = ToyWorld("real", "val", tuple(cfg["size"]), 8)
-    m1, meta1 = das3.load_or_run_stage(1, model, "src", target, cfg, 0, val)
-    assert not meta1["cached"] and 0 <= meta1["eval"]["miou"] <= 100
-    m1b, meta1b = das3.load_or_run_stage(1, model, "src", target, cfg, 0, val)
-    assert meta1b["cached"] and meta1b["eval"]["miou"] == pytest.approx(meta1["eval"]["miou"])
-    assert meta1b["key"] == meta1["key"]
-    _, meta_other = das3.load_or_run_stage(1, model, "another-source", target, cfg, 0)
-    assert meta_other["key"] != meta1["key"]
+    data = {"target_train": target, "target_val": val}
+    cfg_src = dict(cfg, source_checkpoint=str(src))
+    first = fit("das3", cfg_src, 0, data, stage=1)
+    meta1 = first.meta
+    assert not first.cached and 0 <= meta1["eval"]["miou"] <= 100
+    assert first.key == key_of("das3", cfg_src, 0, data, stage=1) and set(first.parts["stages"]) == {1}
+    # the same training as das3.adapt of the same model (CPU, same seed)
+    assert all(torch.equal(a, b.cpu())
+               for a, b in zip(first.model.state_dict().values(), out[1].model.state_dict().values()))
+    again = fit("das3", cfg_src, 0, data, stage=1)
+    assert again.cached and again.meta["eval"]["miou"] == pytest.approx(meta1["eval"]["miou"])
+    assert again.key == first.key
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    # another source model, another key (no val split: no eval)
+    torch.manual_seed(1)
+    other = tmp_path / "another-source.pt"
+    torch.save(build_model(cfg, 11).state_dict(), other)
+    cfg_other = dict(cfg, source_checkpoint=str(other))
+    f_other = fit("das3", cfg_other, 0, {"target_train": target}, stage=1)
+    assert not f_other.cached and "eval" not in f_other.meta
+    assert f_other.key != first.key == key_of("das3", cfg_src, 0, {"target_train": target}, stage=1)
     with pytest.raises(ValueError, match="stage"):
         das3.adapt(model, target, cfg, stages=(4,))
 
@@ -256,12 +276,18 @@ def test_paper_profile_runs_from_a_checkpoint_on_cpu(tmp_path):
     ckpt = tmp_path / "source.pt"
     torch.manual_seed(0)
     torch.save(build_model(cfg, 11).state_dict(), ckpt)
+    assert das3.source_parent(cfg).method == "source_only"     # no checkpoint: the kit's source-only model
     cfg = dict(cfg, source_checkpoint=str(ckpt))
-    model, key = das3.load_source_model(cfg, 0, num_classes=11)
-    assert key.startswith("file-")
+    parent = das3.source_parent(cfg)
+    assert parent.method == "weights_file" and dict(parent.spec) == {"path": str(ckpt)}
     target = ToyWorld("real", "train", tuple(cfg["size"]), 4)
+    source = fit(parent.method, parent.cfg, 0, {"target_train": target}, **parent.spec)
+    model = source.model
+    assert source.key.startswith("file-") and source.cached
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in torch.load(ckpt, weights_only=True).items())
     out = das3.adapt(model, target, cfg, seed=0)
     assert set(out) == {1, 2, 3}
     assert out[3].model.head.convs[0].weight.shape[0] == 11
-    with pytest.raises(FileNotFoundError, match="source_checkpoint"):
-        das3.load_source_model(dict(cfg, source_checkpoint=str(tmp_path / "missing.pt")), 0, num_classes=11)
+    missing = das3.source_parent(dict(cfg, source_checkpoint=str(tmp_path / "missing.pt")))
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        fit(missing.method, missing.cfg, 0, {"target_train": target}, **missing.spec)

@@ -18,11 +18,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kit import losses
+from kit import losses, methods
 from kit.config import resolve
 from kit.data import ToyWorld
-from kit.methods import das3, das3_atp
+from kit.data.transforms import strong_augment
+from kit.fit import key_of
+from kit.methods import das3, das3_atp, das3_scan
 from kit.methods.supervised import build_model
+from kit.models.utils import ema_alpha_at, ema_update
 
 
 # ---------------------------------------------------------------------------------- references
@@ -41,6 +44,12 @@ def one_step(logits: torch.Tensor, loss_fn, lr: float = 0.5) -> torch.Tensor:
     x = logits.clone().requires_grad_(True)
     loss_fn(x).backward()
     return (x - lr * x.grad).detach()
+
+
+def stage_key(stage: int, cfg, prev: str = "src") -> dict:
+    """What identifies DAS3 stage ``stage`` (the declaration's key, :func:`kit.cache.model_key`)
+    started from a model whose cache name is ``prev``."""
+    return methods.get("das3").key(cfg, 0, {"target_train": None}, {"stage": stage}, {"input": prev})
 
 
 # ---------------------------------------------------------------------------------- focal term
@@ -107,9 +116,11 @@ def test_detached_focal_step_lowers_every_pixels_entropy():
 def test_focal_grad_is_a_config_field_of_stage1():
     cfg = resolve("smoke", "das3")
     assert cfg.focal_grad == "detached"
-    k1 = das3.stage_key(1, cfg, "src", 0)
-    k2 = das3.stage_key(1, dict(cfg, focal_grad="through"), "src", 0)
+    k1 = stage_key(1, cfg)
+    k2 = stage_key(1, dict(cfg, focal_grad="through"))
     assert k1["config"]["focal_grad"] == "detached" and k1 != k2
+    # the cache names fit gives (the same source-only model under both)
+    assert key_of("das3", cfg, 0, stage=1) != key_of("das3", dict(cfg, focal_grad="through"), 0, stage=1)
     with pytest.raises(ValueError, match="focal_grad"):
         losses.focal_entropic_loss(torch.zeros(1, 3, 2, 2), 5.0, "weighted")
 
@@ -139,8 +150,8 @@ def seeded_tiny(seed: int) -> Tiny:
                                                  (998, 0.999, 1 - 1 / 999), (999, 0.999, 0.999), (5000, 0.999, 0.999),
                                                  (20, 0.9, 0.9)])
 def test_ema_rate(it, alpha, expected):
-    assert das3.ema_alpha_at(it, alpha) == pytest.approx(min(1 - 1 / (it + 1), alpha))
-    assert das3.ema_alpha_at(it, alpha) == pytest.approx(expected)
+    assert ema_alpha_at(it, alpha) == pytest.approx(min(1 - 1 / (it + 1), alpha))
+    assert ema_alpha_at(it, alpha) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("it", [0, 5, 3000])
@@ -148,7 +159,7 @@ def test_ema_update_rule(it):
     teacher, student = seeded_tiny(0), seeded_tiny(1)
     t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
     s0 = {k: v.clone() for k, v in student.state_dict().items()}
-    a = das3.ema_update(teacher, student, it, 0.999)
+    a = ema_update(teacher, student, it, 0.999)
     assert a == pytest.approx(min(1 - 1 / (it + 1), 0.999))
     for k, v in teacher.state_dict().items():
         if v.is_floating_point():
@@ -164,9 +175,9 @@ def test_ema_update_rule(it):
 
 def test_ema_update_checks():
     with pytest.raises(ValueError, match="alpha"):
-        das3.ema_alpha_at(3, 1.0)
+        ema_alpha_at(3, 1.0)
     with pytest.raises(ValueError, match="different"):
-        das3.ema_update(Tiny(), nn.Conv2d(3, 4, 1), 3)
+        ema_update(Tiny(), nn.Conv2d(3, 4, 1), 3)
 
 
 # ---------------------------------------------------------------------------------- labels and weights
@@ -193,7 +204,7 @@ def test_atp_labels_easy_argmax_and_weighted_mix():
     qe, qh = probs(3, scale=0.5), probs(4, scale=6.0)     # easy: unconfident on purpose (no threshold applies)
     g = torch.Generator().manual_seed(5)
     mask = torch.rand(2, 6, 7, generator=g) > 0.5
-    y_easy, y_mix, w = das3.atp_pseudo_labels(qe, qh, mask, 0.968)
+    y_easy, y_mix, w = das3_atp.atp_pseudo_labels(qe, qh, mask, 0.968)
     assert torch.equal(y_easy, qe.argmax(1))            # every pixel labelled: no 255
     assert qe.max(1).values.max() < 0.968 and not bool((y_easy == 255).any())
     assert torch.equal(y_mix[mask], qe.argmax(1)[mask]) and torch.equal(y_mix[~mask], qh.argmax(1)[~mask])
@@ -236,7 +247,7 @@ def test_easy_hard_split_by_mean_normalized_entropy():
     target = ToyWorld("real", "train", (32, 64), 20)
     model = FixedSegmenter()
     # the reference is fp32: pin the scan to fp32 (amp="auto" is bf16 on a CPU with native bf16)
-    scan = das3.scan_target(model, target, batch_size=8, scan_pixels=16, amp="off")
+    scan = das3_scan.scan_target(model, target, batch_size=8, scan_pixels=16, amp="off")
     with torch.no_grad():
         ref = torch.stack([ref_entropy(model(target[i][0][None])["out"]).mean() for i in range(20)]).float()
     assert torch.allclose(scan.entropy, ref, atol=1e-5)
@@ -281,9 +292,12 @@ def test_stage3_variant_fields_and_keys(tiny):
     cfg, _, _ = tiny
     kit = dict(cfg, stage3="kit")
     assert resolve("smoke", "das3").stage3 == "kit"
-    k_kit, k_atp = das3.stage_key(3, kit, "s2", 0), das3.stage_key(3, cfg, "s2", 0)
+    k_kit, k_atp = stage_key(3, kit, "s2"), stage_key(3, cfg, "s2")
     assert k_kit != k_atp and "ema_alpha" in k_atp["config"] and "ema_alpha" not in k_kit["config"]
-    assert das3.stage_key(3, dict(kit, ema_alpha=0.99), "s2", 0) == k_kit     # ATP fields do not touch the kit key
+    assert stage_key(3, dict(kit, ema_alpha=0.99), "s2") == k_kit     # ATP fields do not touch the kit key
+    # the same for the cache names fit gives (the whole chain from the source-only model)
+    assert key_of("das3", kit, 0, stage=3) != key_of("das3", cfg, 0, stage=3)
+    assert key_of("das3", dict(kit, ema_alpha=0.99), 0, stage=3) == key_of("das3", kit, 0, stage=3)
     paper = resolve("paper", "das3")
     assert paper.atp_optimizer == "adamw" and paper.atp_lr == pytest.approx(6e-5) and paper.ema_alpha == 0.999
     assert paper.atp_conf_threshold == pytest.approx(0.968) and paper.easy_ratio == pytest.approx(0.3)
@@ -306,13 +320,13 @@ def test_atp_optimizer_at_paper_scale(tiny):
 
 def test_strong_augment_probabilities_and_range():
     x = torch.rand(3, 3, 20, 24, generator=torch.Generator().manual_seed(8))
-    assert torch.equal(das3.strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=0.0, blur_prob=0.0), x)
-    y = das3.strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=1.0, blur_prob=1.0)
+    assert torch.equal(strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=0.0, blur_prob=0.0), x)
+    y = strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=1.0, blur_prob=1.0)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1 and not torch.equal(y, x)
-    blurred = das3.strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=0.0, blur_prob=1.0)
+    blurred = strong_augment(x, torch.Generator().manual_seed(0), jitter_prob=0.0, blur_prob=1.0)
     assert blurred.std() < x.std()                        # a blur smooths
     with pytest.raises(ValueError, match="jitter"):
-        das3.strong_augment(x, jitter=1.5)
+        strong_augment(x, jitter=1.5)
 
 
 def test_atp_thresholded_labels_deviation():
@@ -336,6 +350,7 @@ def test_stage3_atp_deviations(tiny, labels, teacher):
     assert ("thresholds" in res.info) == (labels == "thresholded")
     frozen_same = all(torch.equal(v, p.cpu()) for (_, v), p in zip(model.named_parameters(), res.teacher.parameters()))
     assert frozen_same == (teacher == "frozen")             # a frozen teacher is the stage-2 model throughout
-    assert das3.stage_key(3, dict(cfg, atp_teacher=teacher, atp_labels=labels), "s2", 0) != das3.stage_key(3, cfg, "s2", 0)
+    deviation = dict(cfg, atp_teacher=teacher, atp_labels=labels)
+    assert key_of("das3", deviation, 0, stage=3) != key_of("das3", cfg, 0, stage=3)
     with pytest.raises(ValueError, match="atp_labels"):
         das3_atp.stage3_atp(model, target, dict(cfg, atp_labels="soft"), seed=0)

@@ -7,7 +7,10 @@ import torch
 from kit import losses
 from kit.config import resolve
 from kit.data import make_da_datasets
+from kit.data.subsets import RepeatTo, label_fraction_sets, label_subset
+from kit.fit import fit, key_of
 from kit.methods import ddep
+from kit.methods.ddep_analysis import encoder_digest
 
 
 def _small_cfg(tmp_path, **kw):
@@ -63,9 +66,9 @@ def test_ddep_pretraining_leaves_encoder_bit_identical(tmp_path):
     enc_state = {k: v.clone() for k, v in enc_model.encoder.state_dict().items()}
     ref = ddep.build_unet(cfg, 3)
     ref.encoder.load_state_dict(enc_state)
-    before = ddep.encoder_digest(ref)
+    before = encoder_digest(ref)
     model, hist = ddep.pretrain_denoising(cfg, ds["target_train"], seed=0, encoder_state=enc_state)
-    assert ddep.encoder_digest(model) == before          # weights and BN buffers
+    assert encoder_digest(model) == before          # weights and BN buffers
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v.cpu(), enc_state[k]), k
     # ... while the decoder did train
@@ -76,43 +79,52 @@ def test_ddep_pretraining_leaves_encoder_bit_identical(tmp_path):
     assert len(hist.train) == 3 and "denoise" in hist.train[-1]
     # DeP trains the encoder too
     dep, _ = ddep.pretrain_denoising(cfg, ds["target_train"], seed=0)
-    assert ddep.encoder_digest(dep) != ddep.encoder_digest(fresh)
+    assert encoder_digest(dep) != encoder_digest(fresh)
 
 
 # -- swapping the projection keeps the pretrained body ----------------------------------
 def test_replace_head_keeps_body(tmp_path):
     cfg = _small_cfg(tmp_path, pretrain_iters=2)
     ds = make_da_datasets(cfg)
-    state, _, _ = ddep.load_denoising_pretrained(cfg, "dep", 0, ds, verbose=False)
-    model, _ = ddep.init_model(cfg, "dep", ds["target_train"].num_classes, 0, ds, verbose=False)
-    assert model.head.out_channels == ds["target_train"].num_classes
+    nc = ds["target_train"].num_classes
+    pre = fit("ddep_pretrain", cfg, 0, ds, kind="dep")
+    assert not pre.cached and fit("ddep_pretrain", cfg, 0, ds, kind="dep").cached
+    state = {k: v.clone() for k, v in pre.model.state_dict().items()}
+    model = pre.model
+    model.replace_head(nc)                              # what fine-tuning from DeP starts from
+    assert model.head.out_channels == nc
     body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     assert body and all(torch.equal(v, state[k]) for k, v in body.items())
     out = model(torch.rand(2, 3, *cfg.size))["out"]
-    assert out.shape == (2, ds["target_train"].num_classes, *cfg.size)
-    # DDeP init: the supervised encoder is in the body
-    enc, _, _ = ddep.load_supervised_encoder(cfg, 0, ds, verbose=False)
-    m2, _ = ddep.init_model(cfg, "ddep", ds["target_train"].num_classes, 0, ds, verbose=False)
+    assert out.shape == (2, nc, *cfg.size)
+    # DDeP: the supervised encoder is in the pretrained body (frozen during pretraining), head swapped or not
+    enc = fit("ddep_encoder", cfg, 0, ds).model.encoder.state_dict()
+    m2 = fit("ddep_pretrain", cfg, 0, ds, kind="ddep").model
+    m2.replace_head(nc)
     assert all(torch.equal(v, enc[k]) for k, v in m2.encoder.state_dict().items())
+    # fine-tuning starts from that pretraining: its cache name is the fine-tuned model's parent
+    ft = fit("ddep", cfg, 0, ds, init="ddep", fraction=0.25)
+    assert ft.meta["config"]["parents"] == [key_of("ddep_pretrain", cfg, 0, ds, kind="ddep")]
+    assert ft.model.head.out_channels == nc and 0 <= ft.meta["miou"] <= 100
     with pytest.raises(ValueError, match="unknown init"):
-        ddep.init_model(cfg, "imagenet", 11, 0, ds)
+        fit("ddep", cfg, 0, ds, init="imagenet", fraction=0.25)
 
 
 # -- label fractions -----------------------------------------------------------------
 def test_label_fractions_nested_and_seeded():
-    sets = ddep.label_fraction_sets(1000, [0.01, 0.02, 0.05, 0.1, 0.25, 1.0], seed=3)
+    sets = label_fraction_sets(1000, [0.01, 0.02, 0.05, 0.1, 0.25, 1.0], seed=3)
     sizes = [len(v) for v in sets.values()]
     assert sizes == [10, 20, 50, 100, 250, 1000]
     fr = list(sets)
     for a, b in zip(fr, fr[1:]):
         assert set(sets[a]) <= set(sets[b])
     assert sorted(sets[1.0]) == list(range(1000))
-    assert ddep.label_subset(1000, 0.05, 3) == sets[0.05]          # seeded: reproducible
-    assert ddep.label_subset(1000, 0.05, 4) != sets[0.05]          # another seed, another set
-    assert len(ddep.label_subset(10, 0.01, 0)) == 1                 # never empty
+    assert label_subset(1000, 0.05, 3) == sets[0.05]          # seeded: reproducible
+    assert label_subset(1000, 0.05, 4) != sets[0.05]          # another seed, another set
+    assert len(label_subset(10, 0.01, 0)) == 1                 # never empty
     with pytest.raises(ValueError, match="label fraction"):
-        ddep.label_subset(100, 0.0)
-    rep = ddep.RepeatTo(list(range(5)), [1, 3], min_len=5)
+        label_subset(100, 0.0)
+    rep = RepeatTo(list(range(5)), [1, 3], min_len=5)
     assert len(rep) >= 5 and set(rep[i] for i in range(len(rep))) == {1, 3}
 
 
@@ -135,6 +147,6 @@ def test_paper_profile_runs_a_few_steps_on_cpu():
     assert all(torch.equal(v, enc[k]) for k, v in model.encoder.state_dict().items())
     tgt = ds["target_train"]
     model.replace_head(tgt.num_classes)
-    train_set = ddep.RepeatTo(tgt, ddep.label_subset(len(tgt), 0.25, 0), cfg.batch_size)
+    train_set = RepeatTo(tgt, label_subset(len(tgt), 0.25, 0), cfg.batch_size)
     ft = ddep.finetune(cfg, model, train_set, ds["target_val"], seed=0)
     assert 0.0 <= ft.val[-1]["miou"] <= 100.0 and len(hist.train) == 1

@@ -173,7 +173,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
 
 
 def test_torchrun_kit_train_two_processes(tmp_path):
-    """The documented command: ``torchrun --nproc_per_node=N -m kit train supervised ...``."""
+    """The documented command: ``torchrun --nproc_per_node=N -m kit train source_only ...``."""
     import json
     import subprocess
     import sys
@@ -182,13 +182,13 @@ def test_torchrun_kit_train_two_processes(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "kit", "train", "supervised", "--profile", "smoke",
+           f"--master_port={_free_port()}", "-m", "kit", "train", "source_only", "--profile", "smoke",
            "-p", "ITERS=2", "-p", "BATCH_SIZE=2", "-p", "N_TRAIN=8", "--out", str(tmp_path)]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("[kit] trained 'supervised'") == 1  # rank 0 only
-    meta = json.loads((tmp_path / "supervised.json").read_text())["meta"]
+    assert r.stdout.count("[kit] trained 'source_only'") == 1  # rank 0 only
+    meta = json.loads((tmp_path / "source_only.json").read_text())["meta"]
     assert meta["world_size"] == 2 and meta["global_batch_size"] == 4
     assert len(meta["history"]["train"]) == 2 and 0 <= meta["target_eval"]["miou"] <= 100
-    state, _ = load_checkpoint(tmp_path / "supervised.pt")
+    state, _ = load_checkpoint(tmp_path / "source_only.pt")
     assert not any(k.startswith("module.") for k in state["model"])

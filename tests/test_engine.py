@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from kit.engine import BatchStream, Engine, evaluate, make_optimizer, poly_lr
+from kit.engine import BatchStream, Engine, make_optimizer, poly_lr
+
+from kit.evaluation import evaluate
 from kit.methods.supervised import supervised_step, build_model
 from kit.config import resolve
 from kit.data.world import ToyWorld

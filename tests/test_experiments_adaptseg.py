@@ -93,11 +93,17 @@ def test_one_seed_is_undecided():
 def test_wide_sweep_trains_the_sweep_and_its_continuation(monkeypatch):
     """adaptseg/lambda_wide (C3's diagnosis): every λ of lambda_sweep then lambda_wide, in both
     spaces, on the sweep seeds; a diagnosis, so the notebook's own C3 stays the sweep's."""
-    from kit.methods import adaptseg as m
+    import kit.fit
+    from kit.methods.base import Fitted
 
     seen = []
-    monkeypatch.setattr(m, "load_or_train_adaptseg", lambda cfg, seed, ds, verbose=True: seen.append(
-        (cfg["level"], cfg["lambda_adv"], seed)) or (None, None, {"target_eval": {"miou": 100 * cfg["lambda_adv"]}}))
+
+    def fake(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert method == "adaptseg" and spec == {}
+        seen.append((cfg["level"], cfg["lambda_adv"], seed))
+        return Fitted(method, None, {"target_eval": {"miou": 100 * cfg["lambda_adv"]}})
+
+    monkeypatch.setattr(kit.fit, "fit", fake)
     exp = experiments.get("adaptseg/lambda_wide")
     cfg = exp.config("smoke", lambda_sweep=[0.01, 0.02], lambda_wide=[0.04, 0.08])
     t = exp.run(cfg, seeds=[0])

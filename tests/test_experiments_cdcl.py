@@ -1,6 +1,6 @@
 """CDCL's main table in the experiments registry (kit/experiments/cdcl.py): its cells, the claims
 C2 and C3 on small synthetic tables, the notebook-to-registry table, and what each cell asks of
-kit.methods.cdcl (with load_or_train_cdcl / evaluate_cdcl replaced: no training here)."""
+kit.fit.fit / kit.methods.cdcl (with fit / evaluate_cdcl replaced: no training here)."""
 import types
 
 import pandas as pd
@@ -8,6 +8,7 @@ import pytest
 
 from kit import experiments
 from kit.experiments.cdcl import PER, datasets_of, registry_table
+from kit.methods.base import Fitted
 from kit.results import all_hold
 
 NAMES = ["city_a", "city_b", "city_c"]
@@ -80,20 +81,24 @@ def test_registry_table_from_the_notebook_records():
     ("DAT + DAB", [("dat", NAMES, None)]),
 ])
 def test_cells_call_the_notebooks_models(monkeypatch, cell, calls):
+    import kit.fit
+    from kit import methods
     from kit.methods import cdcl
 
     seen = []
 
-    def load(cfg, kind, names, seed=0, datasets=None, init=None, verbose=True):
-        seen.append((kind, list(names), init))
-        assert seed == 1 and datasets == "DS" and verbose is False
-        return kind, {}
+    def load(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert method == "cdcl" and set(spec) <= set(methods.get(method).spec)
+        spec = {**methods.get(method).spec, **spec}
+        seen.append((spec["kind"], list(spec["names"]), spec["init"]))
+        assert seed == 1 and data == "DS" and verbose is False
+        return Fitted(method, spec["kind"], {})
 
     def evaluate(model, kind, names, datasets, cfg):
         assert model == kind and datasets == "DS"
         return {n: types.SimpleNamespace(miou=10.0 * (NAMES.index(n) + 1)) for n in names}
 
-    monkeypatch.setattr(cdcl, "load_or_train_cdcl", load)
+    monkeypatch.setattr(kit.fit, "fit", load)
     monkeypatch.setattr(cdcl, "evaluate_cdcl", evaluate)
     e = experiments.get("cdcl/main")
     rec = e.cell(cell).run(e.config("smoke"), 1, "DS")
@@ -109,6 +114,8 @@ def test_data_rejects_one_dataset():
 
 def test_length_experiment_trains_every_model_longer(monkeypatch):
     """cdcl/length: the main table's cells with iters and ft_iters times LONG (the notebook's 8b)."""
+    import kit.fit
+    from kit import methods
     from kit.experiments import cdcl as ex
     from kit.methods import cdcl as m
 
@@ -117,8 +124,12 @@ def test_length_experiment_trains_every_model_longer(monkeypatch):
     class R:
         miou = 1.0
 
-    monkeypatch.setattr(m, "load_or_train_cdcl", lambda cfg, kind, names, seed, ds, init=None, verbose=True:
-                        seen.append((kind, cfg["iters"], cfg["ft_iters"])) or ("model", {}))
+    def load(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert method == "cdcl" and set(spec) <= set(methods.get(method).spec)
+        seen.append((spec["kind"], cfg["iters"], cfg["ft_iters"]))
+        return Fitted(method, "model", {})
+
+    monkeypatch.setattr(kit.fit, "fit", load)
     monkeypatch.setattr(m, "evaluate_cdcl", lambda model, kind, names, ds, cfg: {n: R() for n in names})
     exp = experiments.get("cdcl/length")
     cfg = exp.config("smoke")

@@ -1,5 +1,5 @@
 """CDCL's ablations in the experiments registry (kit/experiments/cdcl_tables.py: ``cdcl/interval``,
-``cdcl/update_rule``): their cells and what they ask of kit.methods.cdcl (load_or_train_cdcl and
+``cdcl/update_rule``): their cells and what they ask of kit.fit.fit and kit.methods.cdcl (fit and
 evaluate_cdcl replaced: no training), and the claims C4, C5, C5b on small synthetic tables."""
 import types
 from dataclasses import replace
@@ -42,21 +42,26 @@ def test_cells_seeds_claims():
 
 
 def test_cells_call_the_notebooks_models(monkeypatch):
+    import kit.fit
+    from kit import methods
     from kit.methods import cdcl
+    from kit.methods.base import Fitted
 
     seen = []
 
-    def load(cfg, kind, names, seed=0, datasets=None, init=None, verbose=True):
-        seen.append((kind, list(names), seed, cfg["interval"], cfg["dat_mode"]))
-        assert datasets == "DS" and init is None and verbose is False
+    def load(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert method == "cdcl" and set(spec) <= set(methods.get(method).spec)
+        spec = {**methods.get(method).spec, **spec}
+        seen.append((spec["kind"], list(spec["names"]), seed, cfg["interval"], cfg["dat_mode"]))
+        assert data == "DS" and spec["init"] is None and verbose is False
         hist = [{"iter": i, "seg_city_a": 2.0 - 0.1 * i, "seg_city_b": 2.0 + (0.5 if i % 2 else 0)} for i in range(4)]
-        return cfg["dat_mode"], {"history": {"train": hist}}
+        return Fitted(method, cfg["dat_mode"], {"history": {"train": hist}})
 
     def evaluate(model, kind, names, datasets, cfg):
         assert kind == "dat" and list(names) == PAIR
         return {n: types.SimpleNamespace(miou=10.0 * (i + 1)) for i, n in enumerate(names)}
 
-    monkeypatch.setattr(cdcl, "load_or_train_cdcl", load)
+    monkeypatch.setattr(kit.fit, "fit", load)
     monkeypatch.setattr(cdcl, "evaluate_cdcl", evaluate)
     cfg = INTERVAL.config("smoke", ablation_seeds=[0, 1])
     t = replace(INTERVAL, data=lambda cfg: "DS").run(cfg)

@@ -48,15 +48,22 @@ def test_cells_cover_every_profile_and_state_no_paper_numbers():
 
 
 def test_run_follows_the_notebook_loop_and_its_cache_keys(monkeypatch):
-    from kit.methods import ddep
+    import kit.fit
+    from kit import methods
+    from kit.methods.base import REQUIRED, Fitted
 
     calls = []
 
-    def fake(cfg, init, fraction, seed, ds, eval_every=0, verbose=False, **ov):
-        calls.append((seed, fraction, init, eval_every))
-        return None, {"miou": 10.0 + seed, "n_labeled": int(fraction * 40)}
+    def fake(method, cfg, seed=0, data=None, verbose=False, **spec):
+        declared = methods.get(method).spec
+        assert method == "ddep" and set(spec) <= set(declared)
+        assert all(k in spec for k, v in declared.items() if v is REQUIRED)
+        spec = {**declared, **spec}
+        assert spec["overrides"] is None
+        calls.append((seed, spec["fraction"], spec["init"], spec["eval_every"]))
+        return Fitted(method, None, {"miou": 10.0 + seed, "n_labeled": int(spec["fraction"] * 40)})
 
-    monkeypatch.setattr(ddep, "load_or_finetune", fake)
+    monkeypatch.setattr(kit.fit, "fit", fake)
     cfg = FIG1.config("smoke", seeds=[0, 1])
     t = replace(FIG1, data=lambda cfg: None).run(cfg)
     # seed-major, then fraction, then init, as the notebook; only (cfg.fraction, first seed) records curves

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import experiments
+import kit.fit
+from kit import experiments, methods
 from kit.config import PROFILES, resolve
 from kit.experiments import ddep_tables as X
+from kit.methods.base import REQUIRED, Fitted
 from kit.results import all_hold, effect
 
 NOISE = experiments.get("ddep/noise")
@@ -44,41 +46,51 @@ def test_cells_cover_every_profile_and_state_no_paper_numbers():
         assert list(NOISE.seeds(cfg)) == list(cfg.sweep_seeds)
 
 
+def full_spec(method, spec):
+    """``spec`` with the method's declared defaults, checked as ``kit.fit.fit`` checks it (no
+    unknown argument, every required one given)."""
+    declared = methods.get(method).spec
+    assert set(spec) <= set(declared), (method, spec)
+    assert all(k in spec for k, v in declared.items() if v is REQUIRED), (method, spec)
+    return {**declared, **spec}
+
+
 def test_noise_cells_make_the_notebooks_calls(monkeypatch):
-    from kit.methods import ddep
+    calls, pre_calls = [], []
 
-    calls = []
+    def fake(method, cfg, seed=0, data=None, verbose=False, **spec):
+        spec = full_spec(method, spec)
+        ov = dict(spec["overrides"] or {})
+        if method == "ddep":
+            calls.append((seed, spec["init"], spec["fraction"], spec["eval_every"], ov))
+            return Fitted(method, None, {"miou": 10.0 + seed})
+        assert method == "ddep_pretrain"
+        pre_calls.append((seed, spec["kind"], ov))
+        return Fitted(method, None, {"history": {"train": [{"denoise": 1.0}, {"denoise": 0.4}]}})
 
-    def fake_ft(cfg, init, fraction, seed, ds, eval_every=0, verbose=False, **ov):
-        calls.append((seed, init, fraction, eval_every, ov))
-        return None, {"miou": 10.0 + seed}
-
-    def fake_pre(cfg, kind, seed, ds, verbose=True, **ov):
-        return None, "k", {"history": {"train": [{"denoise": 1.0}, {"denoise": 0.4}]}}
-
-    monkeypatch.setattr(ddep, "load_or_finetune", fake_ft)
-    monkeypatch.setattr(ddep, "load_denoising_pretrained", fake_pre)
+    monkeypatch.setattr(kit.fit, "fit", fake)
     cfg = NOISE.config("smoke", seeds=[0, 1], sweep_seeds=[0, 1])
     t = replace(NOISE, data=lambda cfg: None).run(cfg)
     ovs = [{"sigma": 0.1}, {}, {"sigma_mode": "sampled"}, {"denoise_target": "image"}]   # σ = 0.2: section 3's model
     assert calls == [(s, "ddep", 0.1, 2 if s == 0 else 0, ov) for s in (0, 1) for ov in ovs]
+    assert pre_calls == [(s, "ddep", ov) for s in (0, 1) for ov in ovs]   # the fine-tuned model's pretraining
     assert list(t["group"][:4]) == ["sweep", "sweep", "fixed vs sampled", "noise vs image"]
     assert list(t["sigma"][:4]) == [0.1, 0.2, 0.2, 0.2] and set(t["default σ"]) == {0.2}
     assert set(t["final denoising loss"]) == {0.4}
 
 
 def test_curve_cells_read_the_label_fraction_models(monkeypatch):
-    from kit.methods import ddep
-
     calls = []
 
-    def fake_ft(cfg, init, fraction, seed, ds, eval_every=0, verbose=False, **ov):
-        calls.append((seed, init, fraction, eval_every, ov))
+    def fake(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert method == "ddep"
+        spec = full_spec(method, spec)
+        calls.append((seed, spec["init"], spec["fraction"], spec["eval_every"], dict(spec["overrides"] or {})))
         hist = {"train": [{"iter": 1, "seg": 2.0}, {"iter": 4, "seg": 1.0 + seed}],
                 "val": [{"iter": 2, "miou": 5.0}, {"iter": 4, "miou": 9.0}]}
-        return None, {"miou": 9.0, "history": hist}
+        return Fitted(method, None, {"miou": 9.0, "history": hist})
 
-    monkeypatch.setattr(ddep, "load_or_finetune", fake_ft)
+    monkeypatch.setattr(kit.fit, "fit", fake)
     t = replace(CURVES, data=lambda cfg: None).run(CURVES.config("smoke", seeds=[0, 1]))
     assert calls == [(s, i, 0.1, 2 if s == 0 else 0, {}) for s in (0, 1) for i in ("random", "supervised", "dep", "ddep")]
     assert list(t["final CE"]) == [1.0] * 4 + [2.0] * 4 and set(t["last iter"]) == {4}

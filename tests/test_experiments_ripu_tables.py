@@ -53,21 +53,27 @@ def test_cells_grids_seeds_and_paper_numbers():
 ])
 def test_cells_ask_the_cache_for_the_notebooks_configs(monkeypatch, e, profile, expected):
     """Each RIPU cell's config is the notebook's ``resolve(PROFILE, "ripu", **changes)`` (same cache key)."""
-    from kit.methods import ripu, supervised
+    import kit.fit
+    from kit.methods.base import Fitted
 
-    calls = []
+    calls, baselines = [], []
 
-    def fake(cfg, seed, ds, verbose=True):
+    def fake(method, cfg, seed=0, data=None, verbose=False, **spec):
+        assert spec == {}                                   # neither RIPU nor the baselines take a spec
+        if method in ("source_only", "oracle"):
+            baselines.append((method, seed))
+            return Fitted(method, None, {})
+        assert method == "ripu"
         calls.append((dict(cfg), seed))
-        return None, {"miou": 30.0 + seed, "labeled_fraction": float(cfg["budget"])}
+        return Fitted(method, None, {"miou": 30.0 + seed, "labeled_fraction": float(cfg["budget"])})
 
-    monkeypatch.setattr(ripu, "load_or_train_ripu", fake)
-    monkeypatch.setattr(supervised, "load_or_train_baseline", lambda *a, **k: (None, None))
+    monkeypatch.setattr(kit.fit, "fit", fake)
     monkeypatch.setattr("kit.evaluation.evaluate", lambda *a, **k: type("E", (), {"miou": 50.0})())
     cfg = e.config(profile)
     t = replace(e, data=lambda cfg: {"target_val": type("V", (), {"num_classes": 3})()}).run(cfg, seeds=[0])
     assert [c for c, _ in calls] == [dict(resolve(profile, "ripu", **ch)) for ch in expected]
     assert {s for _, s in calls} == {0} and list(t["cell"]) == names(e, profile)
+    assert baselines == ([("source_only", 0), ("oracle", 0)] if e is BUDGET else [])
     if e is BUDGET:   # each budget row carries its fraction; the baselines none
         assert t["budget"].tolist()[1:-1] == [0.01, 0.05] and t["budget"].iloc[[0, -1]].isna().all()
         assert t["miou"].iloc[-1] == 50.0

@@ -551,7 +551,7 @@ def test_fault9_variant_refuses_nan_in_a_field_without_a_default():
 
 @pytest.mark.parametrize("param", [["lr=nan"], ["LR", "inf"], ["iters=-inf"]])
 def test_fault9_cli_refuses_nan_and_inf_parameters(project, capsys, param):
-    assert main(["train", "supervised", "--profile", "smoke", "-p", *param]) == 2
+    assert main(["train", "source_only", "--profile", "smoke", "-p", *param]) == 2
     err = capsys.readouterr().err
     assert "kit: error: " in err and "must be a finite number, got" in err and param[0].split("=")[0].lower() in err
     assert not (project / "runs" / "smoke" / "train").exists()     # nothing trained

@@ -2,9 +2,13 @@
 import pytest
 import torch.nn as nn
 
+import torch
+
 from kit import fit as fitmod
+from kit import methods
 from kit.config import resolve
-from kit.fit import Fitted, fit
+from kit.fit import fit, key_of
+from kit.methods.base import Fitted, Method, Parent
 
 
 def test_unknown_method_and_spec_are_rejected():
@@ -16,52 +20,85 @@ def test_unknown_method_and_spec_are_rejected():
     with pytest.raises(TypeError, match="needs \\['fraction'\\]"):
         fit("ddep", cfg, init="ddep")
     with pytest.raises(ValueError, match="stage must be 1, 2 or 3"):
-        fit("das3", cfg, stage=4)
+        fit("das3", resolve("smoke", "das3"), stage=4)
+    with pytest.raises(ValueError, match="unknown init 'imagenet'"):
+        fit("ddep", resolve("smoke", "ddep"), init="imagenet", fraction=0.1)
 
 
-def test_every_method_returns_a_fitted(monkeypatch):
-    from kit.methods import adaptseg, cdcl, ddep, ripu, supervised
+class Toy(Method):
+    """A method of a few lines: a linear layer trained from its parent's weights."""
 
-    m = nn.Linear(1, 1)
-    meta = {"key": "k-1", "cached": True, "history": {"train": []}}
-    calls = {}
-    monkeypatch.setattr(supervised, "load_or_train_baseline",
-                        lambda kind, cfg, seed, data, verbose: calls.setdefault("base", (kind, seed)) and (m, meta))
-    monkeypatch.setattr(adaptseg, "load_or_train_adaptseg", lambda cfg, seed, data, verbose: (m, {"out": m}, meta))
-    monkeypatch.setattr(ripu, "load_or_train_ripu", lambda cfg, seed, data, verbose: (m, meta))
-    monkeypatch.setattr(cdcl, "load_or_train_cdcl",
-                        lambda cfg, kind, names, seed, data, init, verbose: calls.setdefault("cdcl", (kind, names, init))
-                        and (m, meta))
-    monkeypatch.setattr(ddep, "load_or_finetune",
-                        lambda cfg, init, frac, seed, ds, eval_every, verbose: calls.setdefault("ddep", (init, frac))
-                        and (m, meta))
-    cfg = resolve("smoke", "cdcl")
-    for method, spec in [("oracle", {}), ("adaptseg", {}), ("ripu", {}), ("cdcl", {"kind": "single", "names": ["a"]}),
-                         ("ddep", {"init": "dep", "fraction": 0.1})]:
-        f = fit(method, cfg, 3, data={"target_train": None}, **spec)
-        assert isinstance(f, Fitted) and f.method == method and f.model is m
-        assert f.key == "k-1" and f.cached and f.history == {"train": []}
-    assert calls == {"base": ("oracle", 3), "cdcl": ("single", ["a"], None), "ddep": ("dep", 0.1)}
-    assert fit("adaptseg", cfg, data={}).parts == {"discriminators": {"out": m}}
-    calls.pop("cdcl")
-    fit("cdcl", cfg, data={})   # the defaults: DAT on the config's datasets
-    assert calls["cdcl"] == ("dat", list(cfg.datasets), None)
+    name = "toy_for_test"
+    spec = {"scale": 1.0}
+
+    def parents(self, cfg, spec):
+        return {"init": Parent("toy_base_for_test", cfg)}
+
+    def key(self, cfg, seed, data, spec, parents):
+        return {"scale": spec["scale"], "seed": seed, "parents": sorted(parents.values())}
+
+    def build(self, cfg, data, spec):
+        return {"model": nn.Linear(2, 2)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        model = nn.Linear(2, 2)
+        model.load_state_dict(parents["init"].model.state_dict())
+        with torch.no_grad():
+            model.weight.mul_(spec["scale"])
+        TRAINED.append((self.name, spec["scale"]))
+        return {"model": model}, {"history": {"train": [{"iter": 1}]}, "scale_seen": spec["scale"]}
 
 
-def test_das3_chains_the_stages(monkeypatch):
-    from kit.methods import das3
+class ToyBase(Method):
+    name = "toy_base_for_test"
 
-    m = nn.Linear(1, 1)
-    seen = []
-    monkeypatch.setattr(das3, "load_source_model", lambda cfg, seed, ds: (m, "src-key"))
+    def key(self, cfg, seed, data, spec, parents):
+        return {"seed": seed}
 
-    def stage(s, model, key, target, cfg, seed, val_set=None, verbose=False):
-        seen.append((s, key))
-        return m, {"key": f"stage{s}-key", "eval": {"miou": 10.0 * s}}
-    monkeypatch.setattr(das3, "load_or_run_stage", stage)
-    f = fit("das3", resolve("smoke", "das3"), 0, data={"target_train": "T", "target_val": "V"}, stage=2)
-    assert seen == [(1, "src-key"), (2, "stage1-key")]
-    assert f.meta["eval"]["miou"] == 20.0 and set(f.parts["stages"]) == {1, 2}
+    def build(self, cfg, data, spec):
+        return {"model": nn.Linear(2, 2)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        torch.manual_seed(seed)
+        TRAINED.append((self.name, None))
+        return {"model": nn.Linear(2, 2)}, {}
+
+
+TRAINED: list = []
+
+
+def test_the_runner_keys_trains_caches_and_loads_any_declared_method(tmp_path):
+    """One runner for every method: parents first, the parent's cache name in the child's key,
+    the child trained once and then loaded with the same weights; a cached child does not even
+    load its parent."""
+    methods.register(Toy(), replace=True)
+    methods.register(ToyBase(), replace=True)
+    TRAINED.clear()
+    cfg = {"cache_dir": str(tmp_path)}
+    first = fit("toy_for_test", cfg, 3, data={}, scale=2.0)
+    assert TRAINED == [("toy_base_for_test", None), ("toy_for_test", 2.0)]
+    assert isinstance(first, Fitted) and not first.cached and first.meta["scale_seen"] == 2.0
+    assert first.meta["config"]["parents"] == [key_of("toy_base_for_test", cfg, 3, {})]
+    assert first.key == key_of("toy_for_test", cfg, 3, {}, scale=2.0) != key_of("toy_for_test", cfg, 3, {})
+    again = fit("toy_for_test", cfg, 3, data={}, scale=2.0)
+    assert again.cached and TRAINED == [("toy_base_for_test", None), ("toy_for_test", 2.0)]
+    assert torch.equal(again.model.weight, first.model.weight) and not again.model.training
+    base = fit("toy_base_for_test", cfg, 3, data={})
+    assert base.cached and torch.equal(2 * base.model.weight, again.model.weight)
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register(Toy())
+
+
+def test_das3_chains_the_stages(tmp_path):
+    """DAS3 stage s is fitted from stage s-1 and stage 1 from the source-only model; the result
+    reports every stage of its chain."""
+    cfg = resolve("smoke", "das3", n_train=8, n_val=8, iters=2, stage1_iters=1, stage2_iters=1, stage3_iters=1,
+                  cache_dir=str(tmp_path))
+    f = fit("das3", cfg, 0, stage=2)
+    assert set(f.parts["stages"]) == {1, 2} and f.meta["eval"]["miou"] == f.parts["stages"][2]["eval"]["miou"]
+    assert f.meta["config"]["parents"] == [key_of("das3", cfg, 0, stage=1)]
+    assert fit("das3", cfg, 0, stage=1).meta["config"]["parents"] == [key_of("source_only", cfg, 0)]
+    assert fit("das3", cfg, 0, stage=2).cached
 
 
 def test_a_real_fit_trains_once_then_loads(tmp_path):
@@ -71,11 +108,11 @@ def test_a_real_fit_trains_once_then_loads(tmp_path):
     assert not first.cached and again.cached and first.key == again.key
     assert not again.model.training
     assert list(tmp_path.glob("*.pt"))
-    assert fitmod.METHODS[0] == "source_only"
+    assert {"source_only", "oracle", "adaptseg", "das3", "ripu", "cdcl", "ddep"} <= set(methods.names())
 
 
 def test_kit_train_is_fit_without_the_cache(tmp_path):
-    """`kit train supervised` = fit("source_only") on the first seed with the cache bypassed:
+    """`kit train source_only` = fit("source_only") on the first seed with the cache bypassed:
     it trains though the model is cached, writes nothing to the cache, and saves the model
     with its meta; a second call trains again (same seed, same weights)."""
     import torch
@@ -86,15 +123,16 @@ def test_kit_train_is_fit_without_the_cache(tmp_path):
                   run_dir=str(tmp_path / "out"))
     cached = fit("source_only", cfg, 3)
     before = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    path = fitmod.train("supervised", cfg)
-    assert path == tmp_path / "out" / "supervised.pt"
+    path = fitmod.train("source_only", cfg)
+    assert path == tmp_path / "out" / "source_only.pt"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before
     state, meta = load_checkpoint(path)
-    assert set(state) == {"model"} and meta["method"] == "supervised" and meta["seed"] == 3
+    assert set(state) == {"model"} and meta["method"] == "source_only" and meta["seed"] == 3
     assert meta["world_size"] == 1 and meta["global_batch_size"] == cfg.batch_size and meta["config"]["iters"] == 2
     assert len(meta["history"]["train"]) == 2 and "cached" not in meta and "key" not in meta
     assert all(torch.equal(state["model"][k], v) for k, v in cached.model.state_dict().items())  # deterministic
-    with pytest.raises(ValueError, match="unknown trainer 'nope'"):
+    assert meta["target_eval"]["miou"] >= 0    # the baseline on the target val split
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
         fitmod.train("nope", cfg)
 
 

@@ -1,7 +1,11 @@
-"""Generic pieces live in kit.evaluation and kit.data; their old import paths still work."""
+"""Generic pieces live in kit.evaluation and kit.data, each method's pieces in its own modules;
+a method module keeps no re-export of what moved out of it (no shims: one home per name)."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
@@ -11,14 +15,24 @@ from kit.data import folders, labels, mixing, wrappers
 from kit.methods import cdcl, das3, ddep
 
 
-def test_old_import_paths_are_the_new_objects():
-    assert engine.evaluate is evaluation.evaluate and engine.predict is evaluation.predict
-    assert engine.EvalResult is evaluation.EvalResult
-    assert das3.class_mix is mixing.class_mix and das3.class_mix_batch is mixing.class_mix_batch
-    assert das3.Unlabeled is wrappers.Unlabeled is ddep.ImagesOnly is wrappers.ImagesOnly
-    assert data.Unlabeled is wrappers.Unlabeled
-    assert cdcl.CAMVID_CLASSES is labels.CAMVID_CLASSES
-    assert cdcl.CAMVID_TO_CITYSCAPES is labels.CAMVID_TO_CITYSCAPES
+def moved(old, new, gone=(), imported=()):
+    """Names that moved from module ``old`` to their one home ``new``: ``gone`` ones are no attribute
+    of ``old`` at all; ``imported`` ones ``old`` imports for its own use (so they are attributes of it),
+    but it does not export them (not in ``__all__``, so not in ``from old import *``)."""
+    for name in (*gone, *imported):
+        assert hasattr(new, name) and name in getattr(new, "__all__", [name]), f"{name} has no home in {new.__name__}"
+        assert name not in getattr(old, "__all__", ()), f"{old.__name__} still exports {name}"
+    for name in gone:
+        assert not hasattr(old, name), f"{old.__name__}.{name} still exists"
+
+
+def test_old_import_paths_are_gone_and_the_new_homes_have_them():
+    moved(engine, evaluation, gone=["evaluate", "predict", "EvalResult"])
+    moved(das3, mixing, gone=["class_mix"], imported=["class_mix_batch"])
+    moved(das3, wrappers, imported=["Unlabeled"])
+    moved(ddep, wrappers, imported=["ImagesOnly"])
+    assert wrappers.Unlabeled is wrappers.ImagesOnly and data.Unlabeled is wrappers.Unlabeled
+    moved(cdcl, labels, gone=["CAMVID_CLASSES", "CAMVID_TO_CITYSCAPES"])
 
 
 class _Fingerprinted(TensorDataset):
@@ -74,28 +88,48 @@ def test_das3_generic_pieces_have_their_homes():
     from kit.methods import das3_atp
     from kit.models import utils
 
-    assert das3.strong_augment is transforms.strong_augment
-    assert das3.ema_update is utils.ema_update and das3.ema_alpha_at is utils.ema_alpha_at
-    assert das3.stage3_atp is das3_atp.stage3_atp and das3.atp_pseudo_labels is das3_atp.atp_pseudo_labels
-    assert das3.reestimate_bn is utils.reestimate_bn and das3.make_teacher is utils.make_teacher
+    assert not hasattr(das3, "__getattr__")        # no lazy re-exports either
+    moved(das3, transforms, gone=["strong_augment"])
+    moved(das3, utils, gone=["ema_update", "ema_alpha_at", "reestimate_bn"], imported=["make_teacher"])
+    moved(das3, das3_atp, gone=["atp_pseudo_labels"], imported=["stage3_atp"])
 
 
-def test_das3_siblings_are_the_old_names():
-    from kit.methods import das3_cache, das3_scan
+def test_das3_siblings_are_the_new_homes():
+    from kit.methods import das3_scan, das3_stage
 
-    for name in das3_scan.__all__:
-        assert getattr(das3, name) is getattr(das3_scan, name)
-    for name in das3_cache.__all__:
-        assert getattr(das3, name) is getattr(das3_cache, name)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("kit.methods.das3_cache")
+    moved(das3, das3_scan, gone=["Scan", "pseudo_label_thresholds"], imported=["scan_target"])
+    moved(das3, das3_stage, imported=["StageResult", "stage_engine"])
+    assert not hasattr(das3, "_engine")
+    for name in ("load_source_model", "load_or_run_stage", "stage_key"):   # source_parent / fit / key_of now
+        assert not hasattr(das3, name), name
+    for name in ("eval_record", "stage_tags", "source_parent"):           # these stay in das3
+        assert name in das3.__all__ and callable(getattr(das3, name)), name
 
 
-def test_ddep_moved_pieces_are_the_old_names():
+def test_ddep_moved_pieces_have_their_homes():
     from kit.data import subsets
     from kit.methods import ddep_analysis
 
-    for mod in (subsets, ddep_analysis):
-        for name in mod.__all__:
-            assert getattr(ddep, name) is getattr(mod, name)
+    moved(ddep, subsets, gone=["label_fraction_sets"], imported=["RepeatTo", "label_subset"])
+    moved(ddep, ddep_analysis, gone=list(ddep_analysis.__all__))
+    for name in ("load_supervised_encoder", "load_denoising_pretrained", "load_or_finetune", "init_model"):
+        assert not hasattr(ddep, name), name
+
+
+def test_per_method_cached_training_is_gone_fit_is_the_one_runner():
+    from kit import fit, methods
+    from kit.methods import adaptseg, ripu, supervised
+
+    for mod, names in ((supervised, ["load_or_train_baseline", "baseline_key", "baseline_name"]),
+                       (adaptseg, ["load_or_train_adaptseg"]), (ripu, ["load_or_train_ripu"]),
+                       (cdcl, ["load_or_train_cdcl", "cache_key"])):
+        for name in names:
+            assert not hasattr(mod, name), f"{mod.__name__}.{name}"
+    assert callable(fit.fit) and callable(fit.key_of)
+    assert {"source_only", "oracle", "adaptseg", "das3", "ripu", "cdcl", "ddep", "ddep_pretrain",
+            "ddep_encoder", "weights_file"} <= set(methods.names())
 
 
 def test_split_modules_keep_their_old_import_paths():

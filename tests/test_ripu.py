@@ -230,13 +230,13 @@ def _tiny(profile="smoke", **kw):
 
 
 def test_ripu_trains_selects_and_respects_budget(tmp_path):
-    from kit.methods import ripu
+    from kit.methods import ripu, ripu_pool
 
     cfg = _tiny(cache_dir=str(tmp_path), init="pretrained", iters=3, select_at=[0, 2], budget=0.05)
     model, pool, hist = ripu.train_ripu(cfg, 0)
     assert len(pool.state.history) == 2
     per_image = pool.state.mask.flatten(1).sum(1)
-    assert int(per_image.max()) <= ripu.make_budget(cfg).pixels_per_image(pool.h, pool.w)
+    assert int(per_image.max()) <= ripu_pool.make_budget(cfg).pixels_per_image(pool.h, pool.w)
     assert set(pool.round_map.unique().tolist()) <= {-1, 0, 1}
     assert {"src", "tgt", "cr", "nl"} <= set(hist.train[-1])
     assert hist.val and "miou" in hist.val[-1]
@@ -256,12 +256,12 @@ def test_ripu_modes_and_source_free(tmp_path, mode):
 
 
 def test_bad_config_fails_clearly(tmp_path):
-    from kit.methods import ripu
+    from kit.methods import ripu, ripu_pool
 
     with pytest.raises(ValueError, match="acquisition"):
         ripu.train_ripu(_tiny(acquisition="entropy", cache_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="select_at"):
-        ripu.selection_iters(_tiny(select_at=[0, 1, 2]))
+        ripu_pool.selection_iters(_tiny(select_at=[0, 1, 2]))
     with pytest.raises(ValueError, match="never run"):
         ripu.train_ripu(_tiny(select_at=[0, 9], cache_dir=str(tmp_path)))
 
@@ -285,12 +285,16 @@ def test_paper_profile_constructs_and_steps_on_cpu(tmp_path):
     assert len(hist.train) == 3 and pool.state.labeled_pixels > 0
 
 
-def test_pool_names_keep_their_old_import_path():
+def test_pool_names_have_one_home():
+    """The pool's names live only in kit.methods.ripu_pool: kit.methods.ripu does not export them
+    (it imports the ones it uses), and the rest are no attribute of it at all."""
     from kit.methods import ripu, ripu_pool
 
     for name in ripu_pool.__all__:
-        assert getattr(ripu, name) is getattr(ripu_pool, name), name
-    assert ripu.suppression_radius is ripu_pool.suppression_radius
+        assert callable(getattr(ripu_pool, name)), name
+        assert name not in ripu.__all__, name
+    assert not hasattr(ripu, "suppression_radius")
+    assert not hasattr(ripu, "load_or_train_ripu")       # fit("ripu", cfg, seed, data) now
 
 
 def test_label_geometry_tells_clustered_from_spread_labels():

@@ -35,11 +35,11 @@ def baseline(kind: str, paper: float) -> Cell:
     """The cached source-only model or target oracle, evaluated as the notebook does (whole
     target val split, no flip)."""
     def run(cfg, seed, ds):
-        from ..engine import evaluate
+        from ..evaluation import evaluate
+        from ..fit import fit
         from ..methods import adaptseg
-        from ..methods.supervised import load_or_train_baseline
 
-        model, _ = load_or_train_baseline(kind, adaptseg.baseline_config(cfg), seed, ds, verbose=False)
+        model = fit(kind, adaptseg.baseline_config(cfg), seed, ds).model
         return {"miou": evaluate(model, ds["target_val"], batch_size=cfg.eval_batch_size, amp=cfg.amp).miou}
     return Cell("source-only" if kind == "source_only" else "target oracle", run, paper)
 
@@ -47,9 +47,9 @@ def baseline(kind: str, paper: float) -> Cell:
 def adapted(name: str, paper: float | None = None, **changes) -> Cell:
     """One adapted model (``changes`` to the config): its final evaluation on the whole target val split."""
     def run(cfg, seed, ds):
-        from ..methods.adaptseg import load_or_train_adaptseg
+        from ..fit import fit
 
-        _, _, meta = load_or_train_adaptseg(variant(cfg, "adaptseg", **changes), seed, ds, verbose=False)
+        meta = fit("adaptseg", variant(cfg, "adaptseg", **changes), seed, ds).meta
         return {"miou": meta["target_eval"]["miou"]}
     return Cell(name, run, paper)
 
@@ -59,11 +59,11 @@ def sweep_space(name: str, level: str, wide: bool = False) -> Cell:
     ``wide``, ``cfg.lambda_wide`` after it), ``range`` max − min, ``wide`` how many values
     beyond the sweep there were."""
     def run(cfg, seed, ds):
-        from ..methods.adaptseg import load_or_train_adaptseg
+        from ..fit import fit
 
         lams = list(cfg.lambda_sweep) + (list(cfg.lambda_wide) if wide else [])
-        v = [load_or_train_adaptseg(variant(cfg, "adaptseg", level=level, lambda_adv=lam), seed, ds,
-                                    verbose=False)[2]["target_eval"]["miou"] for lam in lams]
+        v = [fit("adaptseg", variant(cfg, "adaptseg", level=level, lambda_adv=lam), seed, ds).meta["target_eval"]["miou"]
+             for lam in lams]
         return {"miou": sum(v) / len(v), "range": max(v) - min(v), "wide": len(lams) - len(cfg.lambda_sweep)}
     return Cell(name, run)
 

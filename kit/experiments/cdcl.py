@@ -59,17 +59,18 @@ def method_cell(name: str, kind: str, mult: int = 1) -> Cell:
     first, from the first for the others); label remapping / DAT, one model on all datasets.
     ``mult``: every model trained that many times longer (:func:`longer`)."""
     def run(cfg, seed, ds):
-        from ..methods.cdcl import evaluate_cdcl, load_or_train_cdcl
+        from ..fit import fit
+        from ..methods.cdcl import evaluate_cdcl
 
         cfg = longer(cfg, mult)
         names = list(cfg["datasets"])
         if kind in ("remap", "dat"):
-            model, _ = load_or_train_cdcl(cfg, kind, names, seed, ds, verbose=False)
+            model = fit("cdcl", cfg, seed, ds, kind=kind, names=names).model
             return _row({n: r.miou for n, r in evaluate_cdcl(model, kind, names, ds, cfg).items()})
         res = {}
         for n in names:
             init = (names[1] if n == names[0] else names[0]) if kind == "finetune" else None
-            model, _ = load_or_train_cdcl(cfg, kind, [n], seed, ds, init=init, verbose=False)
+            model = fit("cdcl", cfg, seed, ds, kind=kind, names=[n], init=init).model
             res[n] = evaluate_cdcl(model, kind, [n], ds, cfg)[n].miou
         return _row(res)
     return Cell(name, run)

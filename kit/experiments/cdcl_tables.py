@@ -38,10 +38,12 @@ def _dat_pair(cfg, seed, ds, **over):
     """The notebook's ``get("dat", PAIR, seed, **over)`` and its evaluation on both datasets:
     ``({dataset: mIoU}, meta)``."""
     from ..config import Config
-    from ..methods.cdcl import evaluate_cdcl, load_or_train_cdcl
+    from ..fit import fit
+    from ..methods.cdcl import evaluate_cdcl
 
     pair = list(cfg["datasets"])[:2]
-    model, meta = load_or_train_cdcl(Config({**cfg, **over}), "dat", pair, seed, ds, init=None, verbose=False)
+    fitted = fit("cdcl", Config({**cfg, **over}), seed, ds, kind="dat", names=pair)
+    model, meta = fitted.model, fitted.meta
     return {n: r.miou for n, r in evaluate_cdcl(model, "dat", pair, ds, cfg).items()}, meta
 
 

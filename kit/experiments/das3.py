@@ -3,7 +3,7 @@
 the previous one), C1a (stage 1 beats re-estimating BN statistics alone) and C1b (stage 3
 beats a stage 2 run as long as stages 2 and 3).
 
-Every stage starts from the cached model of the previous one (:func:`kit.methods.das3.load_or_run_stage`),
+Every stage starts from the cached model of the previous one (``fit("das3", cfg, seed, ds, stage=s)``),
 so a cell runs the chain up to its stage and the cache makes the earlier stages free.
 
     >>> from kit import experiments
@@ -25,25 +25,19 @@ CONTROL = "stage 2 as long as stages 2+3 (control)"
 def data(cfg):
     from ..data import make_da_datasets
 
-    return {**make_da_datasets(cfg), "memo": {}}   # memo: the chain's models, shared by the cells
+    return make_da_datasets(cfg)
 
 
 def _chain(cfg, seed, ds, upto, **over):
-    """The notebook's ``chain``: source model -> stages 1..upto with config fields ``over``; ``(model, meta)``."""
-    from ..hashing import config_hash
+    """The notebook's ``chain``: the source model (``upto=0``) or the model after stages 1..upto
+    with config fields ``over``; ``(model, meta)``."""
+    from ..fit import fit
     from ..methods import das3
 
-    memo, target = ds["memo"], ds["target_train"]
-    if ("source", seed) not in memo:
-        memo[("source", seed)] = das3.load_source_model(cfg, seed, ds)
-    (model, key), meta, c = memo[("source", seed)], None, dict(cfg, **over)
-    for s in range(1, upto + 1):
-        h = config_hash(das3.stage_key(s, c, key, seed, target))
-        if h not in memo:
-            memo[h] = das3.load_or_run_stage(s, model, key, target, c, seed, ds["target_val"])
-        model, meta = memo[h]
-        key = meta["key"]
-    return model, meta
+    c = dict(cfg, **over)
+    p = das3.source_parent(c) if upto == 0 else None
+    f = fit(p.method, p.cfg, seed, ds, **p.spec) if p is not None else fit("das3", c, seed, ds, stage=upto)
+    return f.model, f.meta
 
 
 def source(cfg, seed, ds):
@@ -58,13 +52,14 @@ def bn_only(cfg, seed, ds):
     import torch
 
     from ..methods import das3
+    from ..models.utils import reestimate_bn
 
     if cfg["frozen_bn"]:
         return {"miou": float("nan")}
     model = _chain(cfg, seed, ds, 0)[0]
     if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return {"miou": float("nan")}
-    bn = das3.reestimate_bn(model, ds["target_train"], n_images=256, batch_size=cfg["eval_batch_size"])
+    bn = reestimate_bn(model, ds["target_train"], n_images=256, batch_size=cfg["eval_batch_size"])
     return {"miou": das3.eval_record(bn, ds["target_val"], cfg)["miou"]}
 
 
@@ -83,12 +78,12 @@ def control(cfg, seed, ds):
 def oracle(cfg, seed, ds):
     """The target oracle of the toy world (the introduction's cached model), the table's last row
     as in the notebook (NaN on real data or from a given source checkpoint, where it has none)."""
+    from ..fit import fit
     from ..methods import das3
-    from ..methods.supervised import load_or_train_baseline
 
     if cfg["data_root"] is not None or cfg["source_checkpoint"]:
         return {"miou": float("nan")}
-    model, _ = load_or_train_baseline("oracle", cfg, seed, ds, verbose=False)
+    model = fit("oracle", cfg, seed, ds).model
     return {"miou": das3.eval_record(model, ds["target_val"], cfg)["miou"]}
 
 

@@ -32,14 +32,14 @@ def data(cfg):
 
 
 def cell(init: str, fraction: float) -> Cell:
-    """Fine-tune ``init`` on ``fraction`` of the target labels (``ddep.load_or_finetune``, cached).
+    """Fine-tune ``init`` on ``fraction`` of the target labels (``fit("ddep", ...)``, cached).
     The run at ``cfg.fraction`` on the first seed records validation curves (``eval_every``, part
     of the cache key), as in the notebook."""
     def run(cfg, seed, ds):
-        from ..methods import ddep
+        from ..fit import fit
 
         every = int(cfg.curve_every) if (fraction == float(cfg.fraction) and seed == cfg.seeds[0]) else 0
-        _, meta = ddep.load_or_finetune(cfg, init, fraction, seed, ds, eval_every=every)
+        meta = fit("ddep", cfg, seed, ds, init=init, fraction=fraction, eval_every=every).meta
         return {"miou": meta["miou"], "init": INIT_NAMES[init], "fraction (%)": 100 * fraction,
                 "labeled images": meta["n_labeled"]}
     return Cell(f"{INIT_NAMES[init]} | {100 * fraction:g}%", run)

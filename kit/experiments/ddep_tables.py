@@ -51,12 +51,13 @@ def noise_cell(ov: dict, name: str, group: str) -> Cell:
     """DDeP pretrained with ``ov``, fine-tuned on ``cfg.fraction``: the notebook's section-4 call
     (the default σ, fixed, predicting noise, is the label-fraction table's model: same cache key)."""
     def run(cfg, seed, ds):
-        from ..methods import ddep
+        from ..fit import fit
 
         f0 = float(cfg.fraction)
         ov_eff = {} if ov == {"sigma": float(cfg.sigma)} else ov
-        _, meta = ddep.load_or_finetune(cfg, "ddep", f0, seed, ds, eval_every=eval_every(cfg, f0, seed), **ov_eff)
-        _, _, pmeta = ddep.load_denoising_pretrained(cfg, "ddep", seed, ds, verbose=False, **ov_eff)
+        meta = fit("ddep", cfg, seed, ds, init="ddep", fraction=f0, eval_every=eval_every(cfg, f0, seed),
+                   overrides=ov_eff).meta
+        pmeta = fit("ddep_pretrain", cfg, seed, ds, kind="ddep", overrides=ov_eff).meta
         return {"miou": meta["miou"], "group": group, "sigma": ov.get("sigma", cfg.sigma),
                 "default σ": float(cfg.sigma), "final denoising loss": pmeta["history"]["train"][-1]["denoise"]}
     return Cell(name, run)
@@ -128,10 +129,10 @@ def curve_columns(meta, first_seed: bool) -> dict:
 def curve_cell(init: str) -> Cell:
     """``init`` fine-tuned on ``cfg.fraction``: the label-fraction table's model (same cache key)."""
     def run(cfg, seed, ds):
-        from ..methods import ddep
+        from ..fit import fit
 
         f0 = float(cfg.fraction)
-        _, meta = ddep.load_or_finetune(cfg, init, f0, seed, ds, eval_every=eval_every(cfg, f0, seed))
+        meta = fit("ddep", cfg, seed, ds, init=init, fraction=f0, eval_every=eval_every(cfg, f0, seed)).meta
         return {"miou": meta["miou"], "init": N[init], **curve_columns(meta, seed == cfg.seeds[0])}
     return Cell(N[init], run)
 

@@ -19,12 +19,12 @@ def baseline(kind: str, name: str, where: str, paper: float | None) -> Cell:
     """The cached ``kind`` model evaluated on ``where``'s val split, as 00 evaluates it."""
     def run(cfg, seed, ds):
         from ..evaluation import evaluate
-        from ..methods.supervised import load_or_train_baseline
+        from ..fit import fit
 
         val = ds[f"{where}_val"]
         if val is None:   # e.g. GTA5 has no val split: the claims that need this cell are not run
             return {"miou": float("nan")}
-        model, _ = load_or_train_baseline(kind, cfg, seed, ds, verbose=False)
+        model = fit(kind, cfg, seed, ds).model
         return {"miou": evaluate(model, val, batch_size=cfg.eval_batch_size, flip=cfg.flip_eval, amp=cfg.amp).miou}
     return Cell(name, run, paper)
 

@@ -19,10 +19,10 @@ def baseline(kind: str) -> Cell:
     averaging and ``eval_items`` as the config says)."""
     def run(cfg, seed, ds):
         from ..evaluation import evaluate
+        from ..fit import fit
         from ..methods import ripu
-        from ..methods.supervised import load_or_train_baseline
 
-        model, _ = load_or_train_baseline(kind, ripu.baseline_config(cfg), seed, ds, verbose=False)
+        model = fit(kind, ripu.baseline_config(cfg), seed, ds).model
         val = ds["target_val"]
         return {"miou": evaluate(model, val, val.num_classes, cfg.eval_batch_size, amp=cfg.amp,
                                  flip=cfg.flip_eval, max_items=cfg.eval_items).miou}
@@ -32,10 +32,9 @@ def baseline(kind: str) -> Cell:
 def active_run(name: str, paper: float | None = None, **changes) -> Cell:
     """One RIPU training run with ``changes`` to the config (acquisition, mode, budget, ...)."""
     def run(cfg, seed, ds):
-        from ..methods import ripu
+        from ..fit import fit
 
-        c = variant(cfg, "ripu", **changes)
-        _, meta = ripu.load_or_train_ripu(c, seed, ds, verbose=False)
+        meta = fit("ripu", variant(cfg, "ripu", **changes), seed, ds).meta
         return {"miou": meta["miou"], "labeled_%": 100 * meta["labeled_fraction"]}
     return Cell(name, run, paper)
 

@@ -11,7 +11,7 @@
   full loss alone (a model Table 4 has cached) and C4 is recorded as not testable.
 * ``ripu/region_size`` (section 6, no claim): k at the same pixel budget (smoke: k = 1, 2; else 1, 2, 3).
 
-Every model comes from ``ripu.load_or_train_ripu`` with the notebook's config changes (same
+Every model comes from ``fit("ripu", ...)`` with the notebook's config changes (same
 cache keys); the notebook states no paper number for these rows but RA at 2.2% (69.6).
 
     >>> from kit import experiments

@@ -42,17 +42,19 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_into, load_or_train, model_key
+from ..cache import model_key
 from ..config import Config, inherit
 from ..config import variant as config_variant
 from ..data import make_da_datasets
-from ..engine import Engine, History, evaluate, make_optimizer, seed_everything
+from ..engine import Engine, History, make_optimizer, seed_everything
+from ..evaluation import evaluate
 from ..models import FCDiscriminator
 from ..models.utils import set_requires_grad
-from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
+from .base import Fitted, Method, Parent
+from .supervised import build_model, make_model_optimizer
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
-           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "adaptseg_key", "load_or_train_adaptseg"]
+           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "AdaptSeg", "ADAPTSEG"]
 
 #: adapted level -> the keys of the network's output dict whose discriminators it trains
 LEVELS: dict[str, tuple[str, ...]] = {"single": ("out",), "multi": ("aux", "out"), "feature": ("feat",)}
@@ -264,9 +266,10 @@ def _validate(cfg: Mapping[str, Any]) -> None:
         raise ValueError(f"feature_upsample must be a positive integer, got {cfg['feature_upsample']}")
 
 
-def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                  verbose: bool = False) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """G (initialised as ``cfg["init"]`` says) and its discriminators, before adaptation."""
+def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0,
+                  source: nn.Module | None = None) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """G (initialised as ``cfg["init"]`` says: ``source``, the source-only model, for
+    ``"source_only"``) and its discriminators, before adaptation."""
     _validate(cfg)
     seed_everything(seed)
     g_cfg = _g_config(cfg)
@@ -277,8 +280,10 @@ def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, datas
                       UserWarning, stacklevel=2)
     model = build_model(g_cfg, num_classes)
     if cfg["init"] == "source_only":
-        base, _ = load_or_train_baseline("source_only", baseline_config(cfg), seed, datasets, verbose=verbose)
-        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        if source is None:
+            raise ValueError("init='source_only' starts G from the source-only model: pass it as `source` "
+                             "(kit.fit.fit('adaptseg', ...) does)")
+        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
         bad = [k for k in missing if not k.startswith("aux_head.")] + list(unexpected)
         if bad:
             raise RuntimeError(f"source-only weights do not fit the adapted network: {bad[:5]}")
@@ -288,8 +293,10 @@ def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, datas
 
 
 def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                   desc: str | None = None, verbose: bool = False) -> tuple[nn.Module, dict[str, nn.Module], History]:
-    """Adapt G from ``cfg["source"]`` to ``cfg["target"]`` (or GTA5 -> Cityscapes with ``data_root``).
+                   source: nn.Module | None = None, desc: str | None = None
+                   ) -> tuple[nn.Module, dict[str, nn.Module], History]:
+    """Adapt G from ``cfg["source"]`` to ``cfg["target"]`` (or GTA5 -> Cityscapes with ``data_root``),
+    G starting from ``source`` with ``init="source_only"``.
 
     Returns ``(G, {key: D}, history)``; the history holds the losses every ``log_every``
     iterations and the target-val mIoU every ``eval_every`` iterations (on the first
@@ -297,7 +304,7 @@ def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str,
     """
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["source_train"].num_classes
-    model, discs = build_adapted(cfg, num_classes, seed, ds, verbose=verbose)
+    model, discs = build_adapted(cfg, num_classes, seed, source)
     opt_g = make_model_optimizer(cfg, model)
     opt_d = make_d_optimizer(cfg, discs)
     step = AdaptSegStep.from_config(cfg)
@@ -317,47 +324,48 @@ def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str,
     return model, discs, history
 
 
-def adaptseg_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
-    """The cache key of an adapted model (:func:`kit.cache.model_key`): the config, the source,
-    target and validation data, the seed and, with ``init="source_only"``, the key of the
-    source-only model G starts from."""
-    parents = [baseline_name("source_only", baseline_config(cfg), seed, datasets)] if cfg["init"] == "source_only" else []
-    return model_key(cfg, "adaptseg", seed=seed, parents=parents,
-                     data={"source": datasets["source_train"], "target": datasets["target_train"],
-                           "val": datasets.get("target_val")},
-                     num_classes=datasets["source_train"].num_classes)
+class AdaptSeg(Method):
+    """AdaptSegNet for :func:`kit.fit.fit`: G and its discriminators, from the source-only model
+    (``init="source_only"``) or the network's initial weights; cached as ``adaptseg_<level>``,
+    keyed by the config, the source, target and validation data, the seed and the parent's key.
+    The meta holds ``history`` and ``target_eval`` (the final G on the whole target val split,
+    with its confusion matrix); ``parts["discriminators"]`` the trained D per level."""
 
+    name = config = "adaptseg"
 
-def load_or_train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                           verbose: bool = True) -> tuple[nn.Module, dict[str, nn.Module], dict]:
-    """The cached adapted model for ``(cfg, seed)``, else train it: ``(G, {key: D}, meta)``.
+    def check(self, cfg, spec):
+        _validate(cfg)
 
-    ``meta["history"]`` is the training history (:meth:`kit.engine.History.to_dict`) and
-    ``meta["target_eval"]`` the final model's evaluation on the whole target val split
-    (:meth:`kit.engine.EvalResult.as_dict` plus the confusion matrix). The cache
-    key is :func:`adaptseg_key`.
-    """
-    _validate(cfg)
-    ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
-    num_classes = ds["source_train"].num_classes
-    key = adaptseg_key(cfg, seed, ds)
+    def parents(self, cfg, spec):
+        return {"init": Parent("source_only", baseline_config(cfg))} if cfg["init"] == "source_only" else {}
 
-    def fit():
-        model, discs, hist = train_adaptseg(cfg, seed, ds, verbose=verbose)
-        state = {"model": model.state_dict(), **{f"d_{k}": d.state_dict() for k, d in discs.items()}}
+    def cache_name(self, cfg, spec):
+        return f"adaptseg_{cfg['level']}"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return model_key(cfg, "adaptseg", seed=seed, parents=list(parents.values()),
+                         data={"source": data["source_train"], "target": data["target_train"],
+                               "val": data.get("target_val")},
+                         num_classes=data["source_train"].num_classes)
+
+    def build(self, cfg, data, spec):
+        model = build_model(_g_config(cfg), data["source_train"].num_classes)
+        discs = build_discriminators(cfg, model, data["source_train"].num_classes)
+        return {"model": model, **{f"d_{k}": d for k, d in discs.items()}}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        source = parents["init"].model if "init" in parents else None
+        model, discs, hist = train_adaptseg(cfg, seed, data, source)
         meta = {"history": hist.to_dict()}
-        if ds.get("target_val") is not None:   # the final model on the whole target val split
-            res = evaluate(model, ds["target_val"], num_classes, cfg["eval_batch_size"], amp=cfg["amp"])
+        if data.get("target_val") is not None:   # the final model on the whole target val split
+            res = evaluate(model, data["target_val"], data["source_train"].num_classes, cfg["eval_batch_size"],
+                           amp=cfg["amp"])
             meta["target_eval"] = {**res.as_dict(), "confusion": res.confusion.tolist()}
-        return state, meta
+        return {"model": model, **{f"d_{k}": d for k, d in discs.items()}}, meta
 
-    name = f"adaptseg_{cfg['level']}"
+    def result(self, cfg, data, spec, modules, meta, parents):
+        discs = {k[2:]: d.eval() for k, d in modules.items() if k.startswith("d_")}
+        return Fitted(self.name, modules["model"].eval(), meta, {"discriminators": discs})
 
-    def build(state):
-        model = build_model(_g_config(cfg), num_classes)
-        discs = build_discriminators(cfg, model, num_classes)
-        load_into(cache_name(name, key), {"model": model, **{f"d_{k}": d for k, d in discs.items()}}, state)
-        return model.eval(), {k: d.eval() for k, d in discs.items()}
 
-    (model, discs), meta = load_or_train(name, key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
-    return model, discs, meta
+ADAPTSEG = AdaptSeg()

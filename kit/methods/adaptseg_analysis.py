@@ -9,8 +9,6 @@
     >>> import torch
     >>> proportion_gap(torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.25, 0.5, 0.25]))
     25.0
-
-Re-exported by :mod:`kit.methods.adaptseg`, its old home.
 """
 from __future__ import annotations
 

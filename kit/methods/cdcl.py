@@ -15,12 +15,12 @@ Several *labelled* datasets (Cityscapes, BDD100K, CamVid; here the toy world's c
   ``t``-th iteration only ("A t times per once B"; t = 1 is plain DAT).
 * The paper's **baselines**: single-dataset training, fine-tuning from one dataset to
   another, and label remapping -- one ordinary network (shared BNs, one head) on the
-  union of the datasets with a merged label space (:class:`LabelRemap`; a dataset's
+  union of the datasets with a merged label space (:class:`~kit.methods.cdcl_remap.LabelRemap`; a dataset's
   class that merges several union classes is trained with the log of their summed
-  probability, :func:`label_remap_loss`; both in :mod:`kit.methods.cdcl_remap`).
+  probability, :func:`~kit.methods.cdcl_remap.label_remap_loss`; both in :mod:`kit.methods.cdcl_remap`).
 
 Everything trains through :class:`kit.engine.Engine` and is cached with
-:func:`kit.cache.load_or_train` (:func:`load_or_train_cdcl`). The datasets come from
+``kit.fit.fit("cdcl", ...)`` (:class:`CDCL`). The datasets come from
 :func:`kit.data.make_cdcl_datasets`; the analysis of the paper's Fig. 1 (conv weights alike,
 BN statistics different) is in :mod:`kit.methods.cdcl_analysis`.
 """
@@ -34,19 +34,16 @@ import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_into, load_or_train, model_key
-from ..data import REAL_LAYOUT, make_cdcl_datasets  # noqa: F401  (re-exported: their old home)
-from ..data.labels import CAMVID_CLASSES, CAMVID_TO_CITYSCAPES  # noqa: F401  (re-exported: their old home)
-from ..engine import Engine, History, evaluate, seed_everything
+from ..cache import model_key
+from ..data import make_cdcl_datasets
+from ..engine import Engine, History, seed_everything
+from ..evaluation import evaluate
 from ..models import DSBatchNorm2d, PSPNet, convert_to_dsbn, use_domain
-from .cdcl_analysis import distribution_distance, layer_statistics  # noqa: F401  (re-exported: their old home)
-from .cdcl_remap import (GroupedOutput, LabelRemap, label_remap_for,  # noqa: F401  (re-exported: their old home)
-                         label_remap_loss)
+from .base import Method, Parent
+from .cdcl_remap import GroupedOutput, label_remap_for, label_remap_loss
 from .supervised import build_model, make_model_optimizer
 
-__all__ = ["KINDS", "LabelRemap", "label_remap_loss", "GroupedOutput", "DATStep", "make_cdcl_datasets",
-           "build_cdcl_model", "dataset_model", "train_cdcl", "load_or_train_cdcl", "evaluate_cdcl",
-           "layer_statistics", "distribution_distance"]
+__all__ = ["KINDS", "DATStep", "build_cdcl_model", "dataset_model", "train_cdcl", "CDCL", "evaluate_cdcl"]
 
 #: the kinds of model this module trains
 KINDS = ("single", "finetune", "remap", "dat")
@@ -238,45 +235,51 @@ def train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: in
     return model, history
 
 
-def cache_key(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int, datasets, init: str | None = None):
-    """The cache key of a CDCL model (:func:`kit.cache.model_key`, fields tagged with ``kind``):
-    the config, the training data of ``names`` in order (their order gives BN branches and
-    heads), the seed and, for ``kind="finetune"``, the key of the single-dataset model on
-    ``init`` it starts from."""
-    _check_kind(kind, list(names), init)
-    parents = [cache_name("cdcl_single", cache_key(cfg, "single", [init], seed, datasets))] if kind == "finetune" else []
-    return model_key(cfg, "cdcl", seed=seed, data={f"{i}:{n}": datasets[n]["train"] for i, n in enumerate(names)},
-                     parents=parents, tags=(kind,), kind=kind, names=list(names))
+class CDCL(Method):
+    """CDCL for :func:`kit.fit.fit`: a model of ``kind`` (:data:`KINDS`) on the datasets ``names``
+    (default the config's; their order gives BN branches and heads); ``kind="finetune"`` takes
+    ``names = [target]`` and ``init``, the dataset it first trains on (its single-dataset model,
+    same seed, is the parent). Cached as ``cdcl_<kind>``, keyed by the config (fields tagged with
+    ``kind``), the training data of ``names`` in order, the seed and the parent's key; the meta
+    holds ``history`` and ``datasets``."""
+
+    name = config = "cdcl"
+    spec = {"kind": "dat", "names": None, "init": None}
+
+    def _names(self, cfg, spec) -> list[str]:
+        return list(spec["names"] or cfg["datasets"])
+
+    def check(self, cfg, spec):
+        _check_kind(spec["kind"], self._names(cfg, spec), spec["init"])
+
+    def datasets(self, cfg, spec):
+        names = self._names(cfg, spec)
+        return make_cdcl_datasets({**cfg, "datasets": sorted(set(names + ([spec["init"]] if spec["init"] else [])))})
+
+    def parents(self, cfg, spec):
+        if spec["kind"] != "finetune":
+            return {}
+        return {"init": Parent("cdcl", cfg, {"kind": "single", "names": [spec["init"]]})}
+
+    def cache_name(self, cfg, spec):
+        return f"cdcl_{spec['kind']}"
+
+    def key(self, cfg, seed, data, spec, parents):
+        names, kind = self._names(cfg, spec), spec["kind"]
+        return model_key(cfg, "cdcl", seed=seed, data={f"{i}:{n}": data[n]["train"] for i, n in enumerate(names)},
+                         parents=list(parents.values()), tags=(kind,), kind=kind, names=names)
+
+    def build(self, cfg, data, spec):
+        return {"model": _build(cfg, spec["kind"], self._names(cfg, spec), data)[0]}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        names = self._names(cfg, spec)
+        init_state = parents["init"].model.state_dict() if "init" in parents else None
+        model, hist = train_cdcl(cfg, spec["kind"], names, seed, data, init_state)
+        return {"model": model}, {"history": hist.to_dict(), "datasets": names}
 
 
-def load_or_train_cdcl(cfg: Mapping[str, Any], kind: str, names: Sequence[str], seed: int = 0,
-                       datasets: Mapping[str, Any] | None = None, init: str | None = None,
-                       verbose: bool = True) -> tuple[nn.Module, dict]:
-    """The cached model of :func:`train_cdcl` for ``(cfg, kind, names, seed)``, else train it.
-
-    ``kind="finetune"``: ``names = [target]`` and ``init`` the dataset first trained on (its
-    cached single-dataset model, same seed, is loaded or trained first).
-    Returns ``(model in eval mode, meta)``; ``meta["history"]`` holds the training losses.
-    """
-    names = list(names)
-    _check_kind(kind, names, init)
-    ds = datasets if datasets is not None else make_cdcl_datasets({**cfg, "datasets": sorted(set(names + ([init] if init else [])))})
-    key = cache_key(cfg, kind, names, seed, ds, init)
-
-    def fit():
-        init_state = None
-        if kind == "finetune":
-            base, _ = load_or_train_cdcl(cfg, "single", [init], seed, ds, verbose=verbose)
-            init_state = base.state_dict()
-        model, hist = train_cdcl(cfg, kind, names, seed, ds, init_state)
-        return {"model": model.state_dict()}, {"history": hist.to_dict()}
-
-    def build(state):
-        model, _ = _build(cfg, kind, names, ds)
-        load_into(cache_name(f"cdcl_{kind}", key), {"model": model}, state)
-        return model.eval()
-
-    return load_or_train(f"cdcl_{kind}", key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
+CDCL_METHOD = CDCL()
 
 
 def evaluate_cdcl(model: nn.Module, kind: str, names: Sequence[str], datasets: Mapping[str, Any],

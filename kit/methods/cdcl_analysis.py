@@ -5,8 +5,6 @@ conv weights but different BN statistics, hence shared convs and dataset-specifi
   weights just before it (a DAT model: take :func:`kit.methods.cdcl.dataset_model` first);
 * :func:`distribution_distance`: a scale-free distance between two such empirical
   distributions, comparable across layers.
-
-Both are re-exported by :mod:`kit.methods.cdcl`, their old home.
 """
 from __future__ import annotations
 

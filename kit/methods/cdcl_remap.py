@@ -9,8 +9,7 @@ ordinary network (shared BNs, one head) on the union of the datasets with a merg
 * :class:`GroupedOutput`: the union-space model seen as a model of dataset i (evaluation).
 
 :mod:`kit.methods.cdcl` trains and evaluates it as ``kind="remap"`` (each dataset's
-:class:`kit.methods.cdcl.Route` carries its ``membership``); the names here are re-exported
-there, their old home.
+:class:`kit.methods.cdcl.Route` carries its ``membership``).
 """
 from __future__ import annotations
 

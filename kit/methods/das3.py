@@ -26,14 +26,13 @@ modified), so they compose in any order or alone:
    (:func:`kit.methods.das3_atp.stage3_atp`, its own module) -- as the authors' later code: an EMA teacher, plain argmax
    labels, DACS-style weights on the hard pixels and strong augmentation.
 
-:func:`adapt` chains the three; :func:`kit.methods.das3_cache.load_or_run_stage` caches each
-stage's model keyed by its full config and the key of the model it started from. The scan of
+:func:`adapt` chains the three; :class:`DAS3` declares them for :func:`kit.fit.fit`, which caches
+each stage's model keyed by its config and the key of the model it started from. The scan of
 the target that sets the thresholds and the easy / hard split: :mod:`kit.methods.das3_scan`.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -41,21 +40,22 @@ import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
 from .. import losses
+from ..cache import model_key
 from ..data.labels import IGNORE_INDEX
-from ..data.mixing import class_mix, class_mix_batch  # noqa: F401  (re-exported: their old home)
-from ..data.transforms import strong_augment  # noqa: F401  (re-exported: its old home)
-from ..data.wrappers import Unlabeled  # noqa: F401  (re-exported: its old home)
-from ..engine import Engine, resolve_device
-from ..models.utils import ema_alpha_at, ema_update, make_teacher, reestimate_bn  # noqa: F401  (re-exported: their old home)
-from .das3_cache import eval_record, load_or_run_stage, load_source_model, stage_key, stage_tags  # noqa: F401  (re-exported)
-from .das3_scan import Scan, pseudo_label_thresholds, scan_target  # noqa: F401  (re-exported: their old home)
-from .das3_scan import _num_classes, _probs, _stage3_split, _to
-from .supervised import make_model_optimizer
+from ..data.mixing import class_mix_batch
+from ..data.wrappers import Unlabeled
+from ..evaluation import evaluate
+from ..machine import resolve_device
+from ..hashing import data_identity
+from ..models.utils import make_teacher
+from .base import Fitted, Method, Parent
+from .das3_atp import stage3_atp
+from .das3_scan import _num_classes, _probs, _stage3_split, _to, scan_target
+from .das3_stage import StageResult, stage_engine
+from .supervised import build_model
 
-__all__ = ["Unlabeled", "StageResult", "Scan", "scan_target", "make_teacher", "pseudo_label_thresholds",
-           "reestimate_bn", "class_mix", "class_mix_batch", "stage1_align", "stage2_self_train", "stage3_propagate",
-           "stage3_kit", "adapt",
-           "STAGE_NAMES", "STAGE3_VARIANTS", "stage_tags", "stage_key", "load_or_run_stage", "eval_record", "load_source_model"]
+__all__ = ["STAGE_NAMES", "STAGE3_VARIANTS", "stage1_align", "stage2_self_train", "stage3_propagate", "stage3_kit",
+           "adapt", "source_parent", "stage_tags", "eval_record", "DAS3"]
 
 # Defaults and sections of every field: kit.defaults (METHODS["das3"]).
 
@@ -75,32 +75,6 @@ def _classifiers(model: nn.Module) -> list[nn.Module]:
 # ----------------------------------------------------------------------------------
 # The three stages
 # ----------------------------------------------------------------------------------
-@dataclass
-class StageResult:
-    """A stage's output: the new model, its training history, and what the stage computed
-    (thresholds, easy/hard split); ``teacher`` is the frozen model that labelled the data (stages 2, 3)."""
-
-    model: nn.Module
-    history: Any
-    info: dict = field(default_factory=dict)
-    teacher: nn.Module | None = None
-
-
-def _engine(cfg: Mapping[str, Any], stage: int, model: nn.Module, step, data: Mapping[str, Dataset], seed: int,
-            desc: str, batch_size=None, opt: torch.optim.Optimizer | None = None) -> Engine:
-    iters = _check_iters(cfg[f"stage{stage}_iters"], f"stage{stage}_iters")
-    if opt is None:
-        opt = make_model_optimizer(cfg, model, lr=float(cfg[f"stage{stage}_lr"]))
-    return Engine.from_config(cfg, {"model": model}, {"model": opt}, step, data, seed=seed,
-                              batch_size=batch_size or None, iters=iters, desc=desc)
-
-
-def _check_iters(n: int, which: str) -> int:
-    if int(n) < 1:
-        raise ValueError(f"{which} must be >= 1, got {n}")
-    return int(n)
-
-
 def stage1_align(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: int = 0) -> StageResult:
     """Stage 1, implicit feature alignment (target images only).
 
@@ -144,7 +118,7 @@ def stage1_align(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
         opt.step()
         return {"ent": l_ent.detach(), "div": l_div.detach()}
 
-    eng = _engine(cfg, 1, model, step, {"target": Unlabeled(target)}, seed, "DAS3 stage 1 (alignment)")
+    eng = stage_engine(cfg, 1, model, step, {"target": Unlabeled(target)}, seed, "DAS3 stage 1 (alignment)")
     history = eng.run()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -195,7 +169,7 @@ def stage2_self_train(model: nn.Module, target: Dataset, cfg: Mapping[str, Any],
         opt.step()
         return out
 
-    eng = _engine(cfg, 2, student, step, {"target": Unlabeled(target)}, seed, "DAS3 stage 2 (self-training)")
+    eng = stage_engine(cfg, 2, student, step, {"target": Unlabeled(target)}, seed, "DAS3 stage 2 (self-training)")
     history = eng.run()
     return StageResult(student, history, {"thresholds": thr.cpu().tolist()}, labeller)
 
@@ -209,8 +183,6 @@ def stage3_propagate(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], 
     if variant == "kit":
         return stage3_kit(model, target, cfg, seed)
     if variant == "atp":
-        from .das3_atp import stage3_atp
-
         return stage3_atp(model, target, cfg, seed)
     raise ValueError(f"stage3 must be one of {STAGE3_VARIANTS}, got {variant!r}")
 
@@ -255,7 +227,7 @@ def stage3_kit(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
         opt.step()
         return {"easy": l_easy.detach(), "mix": l_mix.detach()}
 
-    eng = _engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
+    eng = stage_engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
                   "DAS3 stage 3 (propagation)", batch_size=half)
     history = eng.run()
     info = {"variant": "kit", "thresholds": thr.cpu().tolist(), "easy": easy, "hard": hard, "entropy": scan.entropy.tolist(),
@@ -284,10 +256,80 @@ def adapt(source_model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
     return out
 
 
-def __getattr__(name: str):
-    """``stage3_atp`` and ``atp_pseudo_labels`` live in :mod:`kit.methods.das3_atp` (imported on use)."""
-    if name in ("stage3_atp", "atp_pseudo_labels"):
-        from . import das3_atp
+def source_parent(cfg: Mapping[str, Any]) -> Parent:
+    """The source-trained model DAS3 starts from: ``cfg["source_checkpoint"]`` (a file with the
+    network's ``state_dict``, or a kit checkpoint holding it under ``"model"``; keyed by the file's
+    SHA-256), else the kit's source-only baseline of the config -- the only place where source data
+    is used, before adaptation starts."""
+    if cfg.get("source_checkpoint"):
+        return Parent("weights_file", cfg, {"path": str(cfg["source_checkpoint"])})
+    return Parent("source_only", cfg)
 
-        return getattr(das3_atp, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def stage_tags(stage: int, cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tags of a stage's model (:mod:`kit.defaults`): ``stage<N>``, plus ``atp`` for
+    the authors' stage 3 (its EMA / augmentation / optimizer fields are in its key only then)."""
+    if stage not in _STAGES:
+        raise ValueError(f"DAS3 stage must be 1, 2 or 3, got {stage!r}")
+    return (f"stage{stage}", "atp") if stage == 3 and cfg["stage3"] == "atp" else (f"stage{stage}",)
+
+
+def eval_record(model: nn.Module, val_set: Dataset, cfg: Mapping[str, Any], fingerprint=None) -> dict:
+    """mIoU, per-class IoU and the predicted / true pixel share per class of ``model`` on ``val_set``."""
+    res = evaluate(model, val_set, batch_size=cfg["eval_batch_size"], flip=cfg["flip_eval"], amp=cfg["amp"])
+    classes = res.classes or tuple(str(i) for i in range(len(res.iou)))
+    cm = res.confusion.double()
+    return {"val": fingerprint, "miou": res.miou,
+            "iou": {c: (None if v != v else float(v)) for c, v in zip(classes, res.iou.tolist())},
+            "pred_share": dict(zip(classes, (cm.sum(0) / cm.sum()).tolist())),
+            "true_share": dict(zip(classes, (cm.sum(1) / cm.sum()).tolist()))}
+
+
+class DAS3(Method):
+    """DAS3 for :func:`kit.fit.fit`: the model after stages 1..``stage``, each stage from the one
+    before it (stage 1 from :func:`source_parent`), cached as ``das3-stage<N>`` and keyed by the
+    config without the other stages' fields (they reach it through its input model's key), the
+    target data and the seed. Each stage's meta holds ``history``, ``info`` (thresholds, easy/hard
+    split) and ``eval`` (:func:`eval_record` on the target val split; recomputed only for another
+    one); ``parts["stages"]`` every stage's meta of the chain."""
+
+    name = config = "das3"
+    spec = {"stage": 3}
+    load_parents = True
+
+    def check(self, cfg, spec):
+        stage_tags(spec["stage"], cfg)
+
+    def parents(self, cfg, spec):
+        s = int(spec["stage"])
+        return {"input": Parent("das3", cfg, {"stage": s - 1}) if s > 1 else source_parent(cfg)}
+
+    def cache_name(self, cfg, spec):
+        return f"das3-stage{spec['stage']}"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return model_key(cfg, "das3", seed=seed, data={"target": data["target_train"]}, parents=[parents["input"]],
+                         tags=stage_tags(spec["stage"], cfg), stage=int(spec["stage"]))
+
+    def build(self, cfg, data, spec):
+        return {"model": build_model(cfg, data["target_train"].num_classes)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        res = _STAGES[spec["stage"]](parents["input"].model, data["target_train"], cfg, seed)
+        meta = {"history": res.history.to_dict(), "info": res.info}
+        if data.get("target_val") is not None:
+            meta["eval"] = eval_record(res.model, data["target_val"], cfg, data_identity(data["target_val"]))
+        return {"model": res.model}, meta
+
+    def result(self, cfg, data, spec, modules, meta, parents):
+        model = modules["model"]
+        for p in model.parameters():
+            p.requires_grad_(True)
+        val = data.get("target_val")
+        if val is not None and (meta.get("eval") or {}).get("val") != data_identity(val):
+            meta["eval"] = eval_record(model, val, cfg, data_identity(val))
+        stages = {**parents["input"].parts.get("stages", {}), int(spec["stage"]): meta}
+        return Fitted(self.name, model.eval(), meta, {"stages": stages})
+
+
+DAS3_METHOD = DAS3()

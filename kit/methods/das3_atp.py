@@ -19,9 +19,10 @@ from .. import losses
 from ..data.mixing import class_mix, class_mix_batch
 from ..data.transforms import strong_augment
 from ..data.wrappers import Unlabeled
-from ..engine import make_optimizer, resolve_device
+from ..engine import make_optimizer
+from ..machine import resolve_device
 from ..models.utils import ema_alpha_at, ema_update, make_teacher
-from .das3 import StageResult, _engine
+from .das3_stage import StageResult, stage_engine
 from .das3_scan import _num_classes, _probs, _stage3_split, _to
 
 __all__ = ["ATP_LABELS", "ATP_TEACHERS", "atp_pseudo_labels", "stage3_atp"]
@@ -158,7 +159,7 @@ def stage3_atp(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed: 
         return {"easy": l_easy.detach(), "mix": l_mix.detach(), "hard_weight": w[~mask].mean() if bool((~mask).any())
                 else torch.tensor(1.0)}
 
-    eng = _engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
+    eng = stage_engine(cfg, 3, student, step, {"easy": Subset(data, easy), "hard": Subset(data, hard)}, seed,
                   "DAS3 stage 3 (propagation, ATP)", batch_size=half, opt=_atp_optimizer(cfg, student))
     history = eng.run()
     info = {"variant": "atp", "labels": cfg["atp_labels"], "teacher": cfg["atp_teacher"],

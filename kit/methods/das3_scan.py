@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import losses
 from ..data.wrappers import Unlabeled
-from ..engine import autocast
+from ..machine import autocast
 
 __all__ = ["Scan", "pseudo_label_thresholds", "scan_target"]
 

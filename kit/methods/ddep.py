@@ -29,8 +29,9 @@ labeled by someone else, from a different distribution than the target; that is 
 role ImageNet-21K plays. It is a *stronger* stand-in than ImageNet (dense labels, the
 same label space, a closer domain), which makes the "DDeP beats supervised" test harder.
 
-Every trained model is cached by :func:`kit.cache.load_or_train`, keyed by everything that
-defines it (including the key of the model it starts from).
+Every trained model is declared for :func:`kit.fit.fit` (:class:`Encoder`, :class:`Pretrain`,
+:class:`Finetune`) and cached, keyed by everything that defines it (including the key of the
+model it starts from).
 """
 from __future__ import annotations
 
@@ -40,18 +41,17 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import losses
-from ..cache import cache_name, load_into, load_or_train, model_key
-from ..data.subsets import RepeatTo, label_fraction_sets, label_subset  # noqa: F401  (re-exported: their old home)
-from ..data.wrappers import ImagesOnly  # noqa: F401  (re-exported: its old home)
-from ..engine import Engine, evaluate, make_optimizer, seed_everything
+from ..cache import cache_name, model_key
+from ..data.subsets import RepeatTo, label_subset
+from ..data.wrappers import ImagesOnly
+from ..engine import Engine, make_optimizer, seed_everything
+from ..evaluation import evaluate
 from ..models import UNet, UNetFullRes
-from .ddep_analysis import denoise_images, encoder_digest  # noqa: F401  (re-exported: their old home)
+from .base import REQUIRED, Fitted, Method, Parent
 from .supervised import supervised_step
 
-__all__ = ["INITS", "ImagesOnly", "RepeatTo", "build_unet", "label_subset",
-           "label_fraction_sets", "denoising_step", "pretrain_denoising", "train_supervised_encoder",
-           "load_supervised_encoder", "load_denoising_pretrained", "init_model", "finetune", "load_or_finetune",
-           "denoise_images", "encoder_digest"]
+__all__ = ["INITS", "build_unet", "denoising_step", "pretrain_denoising", "train_supervised_encoder", "finetune",
+           "Encoder", "Pretrain", "Finetune", "ENCODER", "PRETRAIN", "FINETUNE"]
 
 #: the four initialisations compared in the label-fraction curve (paper Fig. 1 / Table 1)
 INITS = ("random", "supervised", "dep", "ddep")
@@ -165,80 +165,82 @@ def train_supervised_encoder(cfg: Mapping[str, Any], labeled: Dataset, seed: int
 
 
 # ----------------------------------------------------------------------------------
-# Cached pretrained models
+# The pipeline for kit.fit: supervised encoder -> denoising pretraining -> fine-tuning
 # ----------------------------------------------------------------------------------
-def load_supervised_encoder(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any],
-                            verbose: bool = True) -> tuple[dict, str, dict]:
-    """``(encoder state_dict, cache key, meta)`` of the supervised encoder (cached).
-
-    With ``cfg["pretrained"]`` (a torchvision ImageNet file) the encoder is that file's weights
-    (the paper's setting); otherwise the stand-in trained on ``datasets["source_train"]``.
-    """
-    if cfg.get("pretrained"):
-        enc = build_unet(cfg, 3, imagenet=True).encoder.state_dict()
-        return enc, cache_name("ddep_imagenet", model_key(cfg, "ddep", seed=None, tags=("imagenet",))), {}
-    src = datasets["source_train"]
-    key = model_key(cfg, "ddep", seed=seed, data={"train": src}, tags=("encoder",))
-
-    def run():
-        model, hist = train_supervised_encoder(cfg, src, seed)
-        return {"model": model.state_dict()}, {"history": hist.to_dict(), "num_classes": src.num_classes}
-
-    state, meta = load_or_train("ddep_supervised", key, run, cfg.get("cache_dir"), verbose=verbose)
-    enc = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-    return enc, cache_name("ddep_supervised", key), meta
-
-
-def load_denoising_pretrained(cfg: Mapping[str, Any], kind: str, seed: int, datasets: Mapping[str, Any],
-                              verbose: bool = True, **overrides) -> tuple[dict, str, dict]:
-    """``(3-channel model state_dict, cache key, meta)`` of DeP (``kind="dep"``) or DDeP (``"ddep"``)
-    pretraining on the target training images (labels unused), with config ``overrides``."""
-    if kind not in ("dep", "ddep"):
-        raise ValueError(f"kind must be 'dep' or 'ddep', got {kind!r}")
+def _with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict:
     c = dict(cfg)
-    for k in overrides:
-        if k not in c:
-            raise ValueError(f"unknown pretraining field {k!r}; valid: {sorted(c)}")
-    c.update(overrides)
-    unl = datasets["target_train"]
-    enc, parents = None, []
-    if kind == "ddep":
-        enc, enc_key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
-        parents = [enc_key]
-    key = model_key(c, "ddep", seed=seed, data={"train": unl}, parents=parents, tags=("pretrain",), kind=kind)
-
-    def run():
-        model, hist = pretrain_denoising(c, unl, seed, enc)
-        return {"model": model.state_dict()}, {"history": hist.to_dict()}
-
-    state, meta = load_or_train(f"ddep_{kind}", key, run, cfg.get("cache_dir"), verbose=verbose)
-    return state["model"], cache_name(f"ddep_{kind}", key), meta
+    unknown = [k for k in (overrides or {}) if k not in c]
+    if unknown:
+        raise ValueError(f"unknown pretraining field(s) {unknown}; valid: {sorted(c)}")
+    c.update(overrides or {})
+    return c
 
 
-def init_model(cfg: Mapping[str, Any], init: str, num_classes: int, seed: int, datasets: Mapping[str, Any],
-               verbose: bool = True, **overrides) -> tuple[UNet, str]:
-    """A C-class U-Net initialised as ``init`` (one of :data:`INITS`); returns ``(model, init key)``.
+class Encoder(Method):
+    """The supervised encoder: with ``cfg["pretrained"]`` (a torchvision ImageNet file) that
+    file's weights in a 3-channel U-Net (the paper's setting; read, not cached), otherwise the
+    stand-in U-Net trained with labels on ``source_train`` (cached as ``ddep_supervised``;
+    only its encoder counts)."""
 
-    random: everything random. supervised: supervised encoder, random decoder and head.
-    dep / ddep: the denoising-pretrained body, head swapped for a fresh C-class projection.
-    """
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
-    if init == "random":
-        seed_everything(seed)
-        return build_unet(cfg, num_classes), cache_name("ddep_random", model_key(cfg, "ddep", seed=seed, tags=("random",)))
-    if init == "supervised":
-        enc, key, _ = load_supervised_encoder(cfg, seed, datasets, verbose)
-        seed_everything(seed)
-        model = build_unet(cfg, num_classes)
-        model.encoder.load_state_dict(enc)
-        return model, key
-    state, key, _ = load_denoising_pretrained(cfg, init, seed, datasets, verbose, **overrides)
-    model = build_unet(cfg, 3)
-    model.load_state_dict(state)
-    seed_everything(seed)
-    model.replace_head(num_classes)
-    return model, key
+    name, config = "ddep_encoder", "ddep"
+
+    def external(self, cfg, seed, data, spec):
+        if not cfg.get("pretrained"):
+            return None
+        name = cache_name("ddep_imagenet", model_key(cfg, "ddep", seed=None, tags=("imagenet",)))
+        return name, lambda: Fitted(self.name, build_unet(cfg, 3, imagenet=True).eval(), {"key": name, "cached": True})
+
+    def cache_name(self, cfg, spec):
+        return "ddep_supervised"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return model_key(cfg, "ddep", seed=seed, data={"train": data["source_train"]}, tags=("encoder",))
+
+    def build(self, cfg, data, spec):
+        return {"model": build_unet(cfg, data["source_train"].num_classes)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        model, hist = train_supervised_encoder(cfg, data["source_train"], seed)
+        return {"model": model}, {"history": hist.to_dict(), "num_classes": data["source_train"].num_classes}
+
+
+class Pretrain(Method):
+    """DeP (``kind="dep"``) or DDeP (``"ddep"``, from the supervised encoder) denoising pretraining
+    on the target training images (labels unused), with config ``overrides`` of its fields;
+    cached as ``ddep_<kind>``."""
+
+    name, config = "ddep_pretrain", "ddep"
+    spec = {"kind": REQUIRED, "overrides": None}
+
+    def train_spec(self, cfg):
+        """``kit train ddep_pretrain``: DDeP's pretraining."""
+        return {"kind": "ddep"}
+
+    def check(self, cfg, spec):
+        if spec["kind"] not in ("dep", "ddep"):
+            raise ValueError(f"kind must be 'dep' or 'ddep', got {spec['kind']!r}")
+        _with_overrides(cfg, spec["overrides"])
+
+    def parents(self, cfg, spec):
+        return {"encoder": Parent("ddep_encoder", cfg)} if spec["kind"] == "ddep" else {}
+
+    def cache_name(self, cfg, spec):
+        return f"ddep_{spec['kind']}"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return model_key(_with_overrides(cfg, spec["overrides"]), "ddep", seed=seed, data={"train": data["target_train"]},
+                         parents=list(parents.values()), tags=("pretrain",), kind=spec["kind"])
+
+    def build(self, cfg, data, spec):
+        return {"model": build_unet(_with_overrides(cfg, spec["overrides"]), 3)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        enc = parents["encoder"].model.encoder.state_dict() if "encoder" in parents else None
+        model, hist = pretrain_denoising(_with_overrides(cfg, spec["overrides"]), data["target_train"], seed, enc)
+        return {"model": model}, {"history": hist.to_dict()}
+
+
+ENCODER, PRETRAIN = Encoder(), Pretrain()
 
 
 # ----------------------------------------------------------------------------------
@@ -257,26 +259,61 @@ def finetune(cfg: Mapping[str, Any], model: UNet, train_set: Dataset, val_set: D
     return eng.run()
 
 
-def load_or_finetune(cfg: Mapping[str, Any], init: str, fraction: float, seed: int, datasets: Mapping[str, Any],
-                     eval_every: int = 0, verbose: bool = False, **overrides) -> tuple[UNet, dict]:
-    """The cached fine-tuned model for ``(init, fraction, seed)`` (+ pretraining ``overrides``);
-    returns ``(model, meta)``; ``meta["miou"]`` is the target-val mIoU, ``meta["history"]`` the
-    training history, ``meta["n_labeled"]`` the number of labeled images."""
-    tgt, val = datasets["target_train"], datasets["target_val"]
-    idx = label_subset(len(tgt), fraction, seed)
-    train_set = RepeatTo(tgt, idx, cfg["batch_size"])
-    model, init_key = init_model(cfg, init, tgt.num_classes, seed, datasets, verbose, **overrides)
-    key = model_key(cfg, "ddep", seed=seed, data={"train": tgt, "val": val}, parents=[init_key], tags=("finetune",),
-                    init=init, fraction=float(fraction), n_labeled=len(idx), eval_every=int(eval_every))
+class Finetune(Method):
+    """A C-class U-Net initialised as ``init`` (one of :data:`INITS`: random; the supervised
+    encoder with a random decoder and head; or the DeP / DDeP body with a fresh C-class head) and
+    fine-tuned on ``fraction`` of the target labels (:func:`label_subset`: seeded and nested),
+    validated every ``eval_every`` steps; ``overrides``: fields of the pretraining it starts from.
+    Cached as ``ddep_finetune``; the meta holds ``miou`` (target val), ``history`` and ``n_labeled``."""
 
-    def run():
-        hist = finetune(cfg, model, train_set, val, seed, eval_every,
+    name, config = "ddep", "ddep"
+    spec = {"init": REQUIRED, "fraction": REQUIRED, "eval_every": 0, "overrides": None}
+
+    def train_spec(self, cfg):
+        """``kit train ddep``: the paper's pipeline, DDeP pretraining fine-tuned on ``cfg.fraction`` of the labels."""
+        return {"init": "ddep", "fraction": float(cfg["fraction"])}
+
+    def check(self, cfg, spec):
+        if spec["init"] not in INITS:
+            raise ValueError(f"unknown init {spec['init']!r}; expected one of {INITS}")
+
+    def parents(self, cfg, spec):
+        if spec["init"] == "supervised":
+            return {"init": Parent("ddep_encoder", cfg)}
+        if spec["init"] in ("dep", "ddep"):
+            return {"init": Parent("ddep_pretrain", cfg, {"kind": spec["init"], "overrides": spec["overrides"]})}
+        return {}
+
+    def cache_name(self, cfg, spec):
+        return "ddep_finetune"
+
+    def key(self, cfg, seed, data, spec, parents):
+        tgt = data["target_train"]
+        init = parents.get("init") or cache_name("ddep_random", model_key(cfg, "ddep", seed=seed, tags=("random",)))
+        return model_key(cfg, "ddep", seed=seed, data={"train": tgt, "val": data["target_val"]}, parents=[init],
+                         tags=("finetune",), init=spec["init"], fraction=float(spec["fraction"]),
+                         n_labeled=len(label_subset(len(tgt), float(spec["fraction"]), seed)),
+                         eval_every=int(spec["eval_every"]))
+
+    def build(self, cfg, data, spec):
+        return {"model": build_unet(cfg, data["target_train"].num_classes)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        tgt, val, init, fraction = data["target_train"], data["target_val"], spec["init"], float(spec["fraction"])
+        idx = label_subset(len(tgt), fraction, seed)
+        seed_everything(seed)
+        if init in ("dep", "ddep"):      # the pretrained body, the head swapped for a fresh C-class projection
+            model = build_unet(cfg, 3)
+            model.load_state_dict(parents["init"].model.state_dict())
+            seed_everything(seed)
+            model.replace_head(tgt.num_classes)
+        else:
+            model = build_unet(cfg, tgt.num_classes)
+            if init == "supervised":
+                model.encoder.load_state_dict(parents["init"].model.encoder.state_dict())
+        hist = finetune(cfg, model, RepeatTo(tgt, idx, cfg["batch_size"]), val, seed, int(spec["eval_every"]),
                         desc=f"fine-tune {init} {100 * fraction:g}% seed {seed}")
-        return {"model": model.state_dict()}, {"history": hist.to_dict(), "miou": hist.val[-1]["miou"],
-                                               "n_labeled": len(idx)}
+        return {"model": model}, {"history": hist.to_dict(), "miou": hist.val[-1]["miou"], "n_labeled": len(idx)}
 
-    def build(state):
-        load_into(cache_name("ddep_finetune", key), {"model": model}, state)
-        return model.eval()
 
-    return load_or_train("ddep_finetune", key, run, cfg.get("cache_dir"), verbose=verbose, build=build)
+FINETUNE = Finetune()

@@ -48,17 +48,16 @@ import torch
 import torch.nn as nn
 
 from .. import active, annotation, losses
-from ..cache import StaleCheckpointError, cache_name, checkpoint_exists, claim_run_dir, load_into, load_or_train, model_key
+from ..cache import cache_name, checkpoint_exists, claim_run_dir, model_key
 from ..config import Config, inherit, resolve
 from ..data import make_da_datasets
-from ..engine import Engine, History, evaluate, seed_everything
-from .ripu_pool import (ActivePool, label_resolution_dataset, make_budget,  # noqa: F401  (re-exported: their old home)
-                        select_on_pool, selection_iters, suppression_radius)
-from .supervised import baseline_name, build_model, load_or_train_baseline, make_model_optimizer
+from ..engine import Engine, History, seed_everything
+from ..evaluation import evaluate
+from .ripu_pool import ActivePool, label_resolution_dataset, make_budget, select_on_pool, selection_iters
+from .base import Method, Parent
+from .supervised import SOURCE_ONLY, build_model, make_model_optimizer
 
-__all__ = ["RIPUStep", "PRESETS", "preset_config", "baseline_config", "build_ripu_model", "train_ripu", "ripu_key",
-           "load_or_train_ripu",  # and, re-exported from kit.methods.ripu_pool:
-           "ActivePool", "select_on_pool", "make_budget", "suppression_radius", "selection_iters", "label_resolution_dataset"]
+__all__ = ["RIPUStep", "PRESETS", "preset_config", "baseline_config", "build_ripu_model", "train_ripu", "RIPU"]
 
 # Defaults and sections of every field: kit.defaults (METHODS["ripu"]).
 
@@ -174,22 +173,24 @@ def _validate(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{k} must be >= 0, got {cfg[k]}")
 
 
-def build_ripu_model(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, datasets=None,
-                     verbose: bool = False) -> nn.Module:
-    """G before adaptation: the cached source-only model (``init="source_only"``) or a fresh
+def build_ripu_model(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, source: nn.Module | None = None) -> nn.Module:
+    """G before adaptation: ``source``, the source-only model (``init="source_only"``), or a fresh
     network from ``cfg.pretrained`` (the paper: ImageNet ResNet-101)."""
     seed_everything(seed)
     model = build_model(cfg, num_classes)
     if cfg["init"] == "source_only":
-        base, _ = load_or_train_baseline("source_only", baseline_config(cfg), seed, datasets, verbose=verbose)
-        model.load_state_dict(base.state_dict())
+        if source is None:
+            raise ValueError("init='source_only' starts G from the source-only model: pass it as `source` "
+                             "(kit.fit.fit('ripu', ...) does)")
+        model.load_state_dict(source.state_dict())
     return model
 
 
 def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-               desc: str | None = None, verbose: bool = False, run_dir: str | Path | None = None,
+               source: nn.Module | None = None, desc: str | None = None, run_dir: str | Path | None = None,
                checkpoint_every: int = 0) -> tuple[nn.Module, ActivePool, History]:
-    """Train RIPU (or a baseline acquisition/mode) for one seed; returns ``(G, pool, history)``.
+    """Train RIPU (or a baseline acquisition/mode) for one seed, G starting from ``source`` (the
+    source-only model) with ``init="source_only"``; returns ``(G, pool, history)``.
 
     ``datasets`` may hold ``"target_labels"``: a dataset with the original-size labels of
     ``target_train`` (else :func:`kit.methods.ripu_pool.label_resolution_dataset` decides). ``run_dir``: keep the
@@ -201,13 +202,13 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     _validate(cfg)
     ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
     num_classes = ds["target_train"].num_classes
-    model = build_ripu_model(cfg, num_classes, seed, ds, verbose)
+    model = build_ripu_model(cfg, num_classes, seed, source)
     opt = make_model_optimizer(cfg, model)
     labels = ds["target_labels"] if ds.get("target_labels") is not None else \
         label_resolution_dataset(cfg, ds["target_train"])
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:    # resume only a run of this very model, before its folder is read
-        claim_run_dir(run_dir, cache_name("ripu", ripu_key(cfg, seed, ds)), parts=("ripu_pool", "ripu_engine.pt"))
+        claim_run_dir(run_dir, cache_name("ripu", _run_key(cfg, seed, ds)), parts=("ripu_pool", "ripu_engine.pt"))
     pool = ActivePool(ds["target_train"], cfg["pool_size"], labels=labels,
                       storage=run_dir / "ripu_pool" if run_dir is not None else None)
     step = RIPUStep(cfg, pool, seed)
@@ -237,49 +238,51 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
     return model, pool, history
 
 
-def ripu_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
-    """The cache key of a RIPU model (:func:`kit.cache.model_key`): the config, the source,
-    target (and its original-size labels, if given) and validation data, the seed and, with
-    ``init="source_only"``, the key of the source-only model it starts from."""
-    parents = [baseline_name("source_only", baseline_config(cfg), seed, datasets)] if cfg["init"] == "source_only" else []
-    return model_key(cfg, "ripu", seed=seed, parents=parents,
-                     data={"source": datasets["source_train"], "target": datasets["target_train"],
-                           "target_labels": datasets.get("target_labels"), "val": datasets.get("target_val")},
-                     num_classes=datasets["target_train"].num_classes)
+class RIPU(Method):
+    """RIPU for :func:`kit.fit.fit`: G from the source-only model (``init="source_only"``) or the
+    network's initial weights, cached as ``ripu_<acquisition>_<mode>``, keyed by the config, the
+    source, target (and its original-size labels, if given) and validation data, the seed and the
+    parent's key. The meta: ``history`` (losses, final target mIoU), ``miou``, ``labeled_fraction``,
+    ``labeled_pixels``, ``rounds`` (per-round log), ``pool_shape`` and ``round_map`` (int8 [N,H,W]:
+    the round each pool pixel was labelled in, -1 = never; stored with the weights)."""
 
+    name = config = "ripu"
+    tensors = ("round_map",)
 
-def load_or_train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                       verbose: bool = True) -> tuple[nn.Module, dict]:
-    """The cached RIPU model for ``(cfg, seed)``, else train it: ``(G, meta)``.
+    def check(self, cfg, spec):
+        _validate(cfg)
 
-    ``meta``: ``history`` (losses, final target mIoU), ``miou``, ``labeled_fraction``,
-    ``labeled_pixels``, ``rounds`` (per-round log), ``pool_shape``; the state also holds
-    ``round_map`` (int8 [N,H,W]: the round each pool pixel was labelled in, -1 = never),
-    returned as ``meta["round_map"]``.
-    """
-    _validate(cfg)
-    ds = dict(datasets) if datasets is not None else make_da_datasets(cfg)
-    num_classes = ds["target_train"].num_classes
-    key = ripu_key(cfg, seed, ds)
+    def parents(self, cfg, spec):
+        return {"init": Parent("source_only", baseline_config(cfg))} if cfg["init"] == "source_only" else {}
 
-    def fit():
-        model, pool, hist = train_ripu(cfg, seed, ds, verbose=verbose)
+    def cache_name(self, cfg, spec):
+        return f"ripu_{cfg['acquisition']}_{cfg['mode']}"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return model_key(cfg, "ripu", seed=seed, parents=list(parents.values()),
+                         data={"source": data["source_train"], "target": data["target_train"],
+                               "target_labels": data.get("target_labels"), "val": data.get("target_val")},
+                         num_classes=data["target_train"].num_classes)
+
+    def build(self, cfg, data, spec):
+        return {"model": build_model(cfg, data["target_train"].num_classes)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        model, pool, hist = train_ripu(cfg, seed, data, parents["init"].model if "init" in parents else None)
         val = hist.val[-1] if hist.val else {}
-        meta = {"history": hist.to_dict(), "miou": val.get("miou"), "labeled_fraction": pool.state.labeled_fraction,
-                "labeled_pixels": pool.state.labeled_pixels, "rounds": pool.state.history,
-                "pool_shape": list(pool.round_map.shape)}
-        return {"model": model.state_dict(), "round_map": pool.round_map}, meta
+        return {"model": model}, {"history": hist.to_dict(), "miou": val.get("miou"),
+                                  "labeled_fraction": pool.state.labeled_fraction,
+                                  "labeled_pixels": pool.state.labeled_pixels, "rounds": pool.state.history,
+                                  "pool_shape": list(pool.round_map.shape), "round_map": pool.round_map}
 
-    name = f"ripu_{cfg['acquisition']}_{cfg['mode']}"
 
-    def build(state):
-        model = build_model(cfg, num_classes)
-        load_into(cache_name(name, key), {"model": model}, state)
-        if "round_map" not in state:
-            raise StaleCheckpointError(f"{cache_name(name, key)} has no round_map")
-        return model.eval(), state
+RIPU_METHOD = RIPU()
 
-    (model, state), meta = load_or_train(name, key, fit, cfg.get("cache_dir"), verbose=verbose, build=build)
-    meta = dict(meta)
-    meta["round_map"] = state["round_map"]
-    return model, meta
+
+def _run_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
+    """The key :func:`train_ripu` claims a ``run_dir`` with (the model's cache key)."""
+    parents = {}
+    if cfg["init"] == "source_only":
+        base = baseline_config(cfg)
+        parents["init"] = cache_name("source_only", SOURCE_ONLY.key(base, seed, datasets, {}, {}))
+    return RIPU_METHOD.key(cfg, seed, datasets, {}, parents)

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import active, annotation
-from ..engine import autocast
+from ..machine import autocast
 
 __all__ = ["ActivePool", "select_on_pool", "make_budget", "suppression_radius", "selection_iters",
            "label_resolution_dataset"]

@@ -5,30 +5,32 @@
 * **target oracle**: trained on labelled target images -- the upper bound.
 
 Both are the same recipe (DeepLab-v2 style, SGD, poly decay, 10x head LR); only the
-training data differ. :func:`load_or_train_baseline` caches them (:func:`baseline_key`: the
-``supervised`` method's fields of the config, the training data's identity and the seed) so
-the paper notebooks start from the model the introduction notebook trained, or train it
-themselves if it is not cached.
+training data differ: :data:`SOURCE_ONLY` and :data:`ORACLE` declare them for
+:func:`kit.fit.fit` (keyed by the ``supervised`` method's fields of the config, the training
+data's identity and the seed), so the paper notebooks start from the model the introduction
+notebook trained, or train it themselves if it is not cached. :data:`WEIGHTS_FILE` is the
+config's network read from a file instead (DAS3's given source model).
 """
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from .. import losses
-from ..cache import cache_name, load_into, load_or_train, model_key
+from ..cache import model_key
 from ..config import Config
-from ..data import make_da_datasets
-from ..engine import Engine, evaluate, make_optimizer, seed_everything
+from ..engine import Engine, make_optimizer, seed_everything
+from ..evaluation import evaluate
 from ..models import build_segmenter
+from .base import REQUIRED, Fitted, Method
 
-__all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "load_or_train_baseline", "toy_datasets",
-           "baseline_key", "baseline_name", "BASELINES"]
-
-#: the supervised baselines and the training split each is trained on
-BASELINES = {"source_only": "source_train", "oracle": "target_train"}
+__all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "Baseline", "SOURCE_ONLY",
+           "ORACLE", "WeightsFile", "WEIGHTS_FILE"]
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -54,11 +56,6 @@ def make_model_optimizer(cfg: Mapping[str, Any], model: nn.Module, lr: float | N
             g["lr_mult"] = cfg["head_lr_mult"]
     wd = cfg["weight_decay"] if cfg["optimizer"] == "sgd" else 0.0
     return make_optimizer(cfg["optimizer"], groups, cfg["lr"] if lr is None else lr, cfg["momentum"], wd)
-
-
-def toy_datasets(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Source/target train/val datasets of the config (the toy world unless ``data_root`` is set)."""
-    return make_da_datasets(cfg)
 
 
 def supervised_step(batch, engine: Engine) -> dict[str, torch.Tensor]:
@@ -93,45 +90,67 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     return model, history
 
 
-def baseline_key(kind: str, cfg: Mapping[str, Any], seed: int, train_set) -> dict:
-    """The cache key of a baseline: the ``supervised`` method's fields of ``cfg`` (another
-    method's config gives the same key as long as those fields agree), the identity of
-    ``train_set``, the seed and the label space."""
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
-    return model_key(cfg, "supervised", seed=seed, data={"train": train_set}, kind=kind,
-                     num_classes=train_set.num_classes)
+class Baseline(Method):
+    """A supervised baseline: the config's network trained on one labelled split (``split``)."""
+
+    config = "supervised"
+
+    def __init__(self, name: str, split: str):
+        self.name, self.split = name, split
+
+    def key(self, cfg, seed, data, spec, parents):
+        """The ``supervised`` method's fields of ``cfg`` (another method's config gives the same key
+        as long as those fields agree), the identity of the training split, the seed and the label space."""
+        train_set = data[self.split]
+        return model_key(cfg, "supervised", seed=seed, data={"train": train_set}, kind=self.name,
+                         num_classes=train_set.num_classes)
+
+    def build(self, cfg, data, spec):
+        return {"model": build_model(cfg, data[self.split].num_classes)}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        model, hist = train_supervised(cfg, data[self.split], None, seed, desc=f"{self.name} seed {seed}")
+        meta = {"history": hist.to_dict()}
+        if data.get("target_val") is not None:    # the final model on the whole target val split
+            meta["target_eval"] = evaluate(model, data["target_val"], batch_size=cfg["eval_batch_size"],
+                                           amp=cfg["amp"]).as_dict()
+        return {"model": model}, meta
 
 
-def baseline_name(kind: str, cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> str:
-    """The cache name (``<kind>-<hash>``) of a baseline, without loading or training it: what a
-    model fine-tuned from it records as its parent."""
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
-    return cache_name(kind, baseline_key(kind, cfg, seed, datasets[BASELINES[kind]]))
+#: the source-only model (the "no adaptation" row) and the target oracle (the upper bound)
+SOURCE_ONLY = Baseline("source_only", "source_train")
+ORACLE = Baseline("oracle", "target_train")
 
 
-def load_or_train_baseline(kind: str, cfg: Config, seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                           verbose: bool = True) -> tuple[nn.Module, dict]:
-    """The cached source-only (``kind="source_only"``) or target-oracle (``"oracle"``) model.
+class WeightsFile(Method):
+    """The config's network with weights read from a file (``spec["path"]``: a ``state_dict``, or a
+    kit checkpoint holding it under ``"model"``); its name is the file's SHA-256, so a model derived
+    from it (DAS3 from a given source model) is keyed by the file's content."""
 
-    The cache key (:func:`baseline_key`) covers the network, the training recipe, the
-    training data and the seed, so every notebook that asks for the same baseline gets the
-    same weights.
-    """
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; expected one of {list(BASELINES)}")
-    ds = dict(datasets) if datasets is not None else toy_datasets(cfg)
-    train_set = ds[BASELINES[kind]]
-    key = baseline_key(kind, cfg, seed, train_set)
+    name = "weights_file"
+    spec = {"path": REQUIRED}
 
-    def train():
-        model, hist = train_supervised(cfg, train_set, None, seed, desc=f"{kind} seed {seed}")
-        return {"model": model.state_dict()}, {"history": hist.to_dict()}
+    def external(self, cfg, seed, data, spec):
+        path = Path(spec["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist; expected a state_dict file (.pt)")
+        raw = path.read_bytes()
 
-    def build(state):
-        model = build_model(cfg, train_set.num_classes)
-        load_into(cache_name(kind, key), {"model": model}, state)
-        return model.eval()
+        def load() -> Fitted:
+            num_classes = data["target_train"].num_classes
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+                state = state["model"]
+            model = build_model(cfg, num_classes)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"{path} does not fit the config's network ({cfg['model']} depth {cfg['depth']} "
+                                 f"width {cfg['width']}, {num_classes} classes): {str(e)[:300]}") from None
+            return Fitted(self.name, model.eval(), {"key": name, "cached": True})
 
-    return load_or_train(kind, key, train, cfg.get("cache_dir"), verbose=verbose, build=build)
+        name = "file-" + hashlib.sha256(raw).hexdigest()[:16]
+        return name, load
+
+
+WEIGHTS_FILE = WeightsFile()
