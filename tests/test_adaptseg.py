@@ -14,6 +14,7 @@ from kit.engine import Engine, make_optimizer
 from kit.methods import adaptseg, adaptseg_analysis
 from kit.fit import fit
 from kit.methods.adaptseg import AdaptSegStep, build_discriminators, d_input
+from kit.methods.supervised import baseline_config
 from kit.models import DeepLabV2, FCDiscriminator
 from kit.models.utils import set_requires_grad
 
@@ -200,7 +201,7 @@ def test_config_uses_the_papers_names_and_values():
     quick = resolve("quick", "adaptseg")
     assert quick.optimizer == "adam" and quick.init == "source_only"
     # the baselines the adapted models start from are the intro notebook's (same recipe, same cache key)
-    base = adaptseg.baseline_config(quick)
+    base = baseline_config(quick)
     assert base == resolve("quick", "supervised")
 
 

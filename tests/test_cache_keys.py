@@ -109,11 +109,13 @@ def test_baseline_key_ignores_other_methods_fields():
 
 
 def test_baseline_config_inherits_data_model_and_run_sections():
-    from kit.methods import adaptseg, ripu
+    from kit import methods
+    from kit.methods.supervised import baseline_config
 
-    for mod, method in ((adaptseg, "adaptseg"), (ripu, "ripu")):
+    for method in ("adaptseg", "ripu"):
         cfg = resolve("smoke", method, render_device="auto", depth=18, amp="off", progress=True, iters=2)
-        base = mod.baseline_config(cfg)
+        base = baseline_config(cfg)
+        assert methods.get(method).parents(cfg, {})["init"].cfg == base   # the model both start from
         assert (base.render_device, base.depth, base.amp, base.progress) == ("auto", 18, "off", True)
         assert base.iters == resolve("smoke", "supervised").iters   # the adaptation schedule stays behind
 
@@ -168,7 +170,8 @@ def test_derived_keys_name_their_parent():
     from kit import methods
     from kit.data import make_da_datasets
     from kit.fit import key_of
-    from kit.methods import adaptseg, ripu
+    from kit.methods import adaptseg
+    from kit.methods.supervised import baseline_config
 
     def key(method, cfg, data, parents, **spec):
         m = methods.get(method)
@@ -176,12 +179,12 @@ def test_derived_keys_name_their_parent():
 
     cfg = resolve("smoke", "adaptseg")
     ds = make_da_datasets(cfg)
-    parent = key_of("source_only", adaptseg.baseline_config(cfg), 0, ds)
-    assert methods.get("adaptseg").parents(cfg, {}) == {"init": methods.base.Parent("source_only", adaptseg.baseline_config(cfg))}
+    parent = key_of("source_only", baseline_config(cfg), 0, ds)
+    assert methods.get("adaptseg").parents(cfg, {}) == {"init": methods.base.Parent("source_only", baseline_config(cfg))}
     assert methods.get("adaptseg").parents(adaptseg.variant(cfg, init="pretrained"), {}) == {}
     assert key("adaptseg", cfg, ds, {"init": parent})["parents"] == [parent]
     rcfg = resolve("smoke", "ripu")
-    assert methods.get("ripu").parents(rcfg, {})["init"].cfg == ripu.baseline_config(rcfg)
+    assert methods.get("ripu").parents(rcfg, {})["init"].cfg == baseline_config(rcfg)
     dcfg = resolve("smoke", "das3")
     assert key("das3", dcfg, ds, {"input": "das3-stage1-abc"}, stage=2)["parents"] == ["das3-stage1-abc"]
     assert key("das3", dcfg, ds, {"input": "a"}, stage=2) != key("das3", dcfg, ds, {"input": "b"}, stage=2)
@@ -197,12 +200,12 @@ def test_parent_key_is_the_cached_models_key(tmp_path):
     """What a derived key records is exactly the key the parent was cached under."""
     from kit.data import make_da_datasets
     from kit.fit import fit, key_of
-    from kit.methods import adaptseg
+    from kit.methods.supervised import baseline_config
 
     cfg = resolve("smoke", "adaptseg", iters=2, device="cpu", amp="off", cache_dir=str(tmp_path))
     ds = make_da_datasets(cfg)
-    parent = fit("source_only", adaptseg.baseline_config(cfg), 0, ds)
-    assert parent.key == key_of("source_only", adaptseg.baseline_config(cfg), 0, ds)
+    parent = fit("source_only", baseline_config(cfg), 0, ds)
+    assert parent.key == key_of("source_only", baseline_config(cfg), 0, ds)
     child = fit("adaptseg", cfg, 0, ds)
     assert child.meta["config"]["parents"] == [parent.key]     # the key dict it was cached under
     assert child.key == key_of("adaptseg", cfg, 0, ds)

@@ -37,9 +37,9 @@ def baseline(kind: str, paper: float) -> Cell:
     def run(cfg, seed, ds):
         from ..evaluation import evaluate
         from ..fit import fit
-        from ..methods import adaptseg
+        from ..methods.supervised import baseline_config
 
-        model = fit(kind, adaptseg.baseline_config(cfg), seed, ds).model
+        model = fit(kind, baseline_config(cfg), seed, ds).model
         return {"miou": evaluate(model, ds["target_val"], batch_size=cfg.eval_batch_size, amp=cfg.amp).miou}
     return Cell("source-only" if kind == "source_only" else "target oracle", run, paper)
 

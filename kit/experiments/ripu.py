@@ -20,9 +20,9 @@ def baseline(kind: str) -> Cell:
     def run(cfg, seed, ds):
         from ..evaluation import evaluate
         from ..fit import fit
-        from ..methods import ripu
+        from ..methods.supervised import baseline_config
 
-        model = fit(kind, ripu.baseline_config(cfg), seed, ds).model
+        model = fit(kind, baseline_config(cfg), seed, ds).model
         val = ds["target_val"]
         return {"miou": evaluate(model, val, val.num_classes, cfg.eval_batch_size, amp=cfg.amp,
                                  flip=cfg.flip_eval, max_items=cfg.eval_items).miou}

@@ -43,18 +43,18 @@ import torch.nn as nn
 
 from .. import losses
 from ..cache import model_key
-from ..config import Config, inherit
+from ..config import Config
 from ..config import variant as config_variant
 from ..data import make_da_datasets
 from ..engine import Engine, History, make_optimizer, seed_everything
 from ..evaluation import evaluate
 from ..models import FCDiscriminator
 from ..models.utils import set_requires_grad
-from .base import Fitted, Method, Parent
-from .supervised import build_model, make_model_optimizer
+from .base import Fitted, Method
+from .supervised import build_model, make_model_optimizer, source_only_parents
 
 __all__ = ["LEVELS", "level_keys", "level_weights", "AdaptSegStep", "build_discriminators", "make_d_optimizer",
-           "d_input", "variant", "baseline_config", "build_adapted", "train_adaptseg", "AdaptSeg", "ADAPTSEG"]
+           "d_input", "variant", "build_adapted", "train_adaptseg", "AdaptSeg", "ADAPTSEG"]
 
 #: adapted level -> the keys of the network's output dict whose discriminators it trains
 LEVELS: dict[str, tuple[str, ...]] = {"single": ("out",), "multi": ("aux", "out"), "feature": ("feat",)}
@@ -242,14 +242,6 @@ def variant(cfg: Mapping[str, Any], **changes: Any) -> Config:
     return out
 
 
-def baseline_config(cfg: Mapping[str, Any]) -> Config:
-    """The supervised config of the same profile, data and network: the cached source-only model
-    and oracle the adapted models are compared with (and, with ``init="source_only"``, start from).
-    Its data, network and run fields are ``cfg``'s (:func:`kit.config.inherit`); the adaptation
-    schedule (``iters``, ``lr``, ``batch_size`` ...) is *not* carried over."""
-    return inherit(cfg, "supervised")
-
-
 def _validate(cfg: Mapping[str, Any]) -> None:
     level_keys(cfg["level"])
     if cfg["gan"] not in losses.GAN_MODES:
@@ -267,8 +259,8 @@ def _validate(cfg: Mapping[str, Any]) -> None:
 
 
 def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0,
-                  source: nn.Module | None = None) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """G (initialised as ``cfg["init"]`` says: ``source``, the source-only model, for
+                  source: Fitted | None = None) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """G (initialised as ``cfg["init"]`` says: from ``source``, the fitted source-only model, for
     ``"source_only"``) and its discriminators, before adaptation."""
     _validate(cfg)
     seed_everything(seed)
@@ -283,7 +275,7 @@ def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0,
         if source is None:
             raise ValueError("init='source_only' starts G from the source-only model: pass it as `source` "
                              "(kit.fit.fit('adaptseg', ...) does)")
-        missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+        missing, unexpected = model.load_state_dict(source.model.state_dict(), strict=False)
         bad = [k for k in missing if not k.startswith("aux_head.")] + list(unexpected)
         if bad:
             raise RuntimeError(f"source-only weights do not fit the adapted network: {bad[:5]}")
@@ -293,10 +285,10 @@ def build_adapted(cfg: Mapping[str, Any], num_classes: int, seed: int = 0,
 
 
 def train_adaptseg(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-                   source: nn.Module | None = None, desc: str | None = None
+                   source: Fitted | None = None, desc: str | None = None
                    ) -> tuple[nn.Module, dict[str, nn.Module], History]:
     """Adapt G from ``cfg["source"]`` to ``cfg["target"]`` (or GTA5 -> Cityscapes with ``data_root``),
-    G starting from ``source`` with ``init="source_only"``.
+    G starting from ``source`` (the fitted source-only model) with ``init="source_only"``.
 
     Returns ``(G, {key: D}, history)``; the history holds the losses every ``log_every``
     iterations and the target-val mIoU every ``eval_every`` iterations (on the first
@@ -337,7 +329,7 @@ class AdaptSeg(Method):
         _validate(cfg)
 
     def parents(self, cfg, spec):
-        return {"init": Parent("source_only", baseline_config(cfg))} if cfg["init"] == "source_only" else {}
+        return source_only_parents(cfg)
 
     def cache_name(self, cfg, spec):
         return f"adaptseg_{cfg['level']}"
@@ -354,8 +346,7 @@ class AdaptSeg(Method):
         return {"model": model, **{f"d_{k}": d for k, d in discs.items()}}
 
     def train(self, cfg, seed, data, spec, parents, verbose=False):
-        source = parents["init"].model if "init" in parents else None
-        model, discs, hist = train_adaptseg(cfg, seed, data, source)
+        model, discs, hist = train_adaptseg(cfg, seed, data, parents.get("init"))
         meta = {"history": hist.to_dict()}
         if data.get("target_val") is not None:   # the final model on the whole target val split
             res = evaluate(model, data["target_val"], data["source_train"].num_classes, cfg["eval_batch_size"],

@@ -49,15 +49,15 @@ import torch.nn as nn
 
 from .. import active, annotation, losses
 from ..cache import cache_name, checkpoint_exists, claim_run_dir, model_key
-from ..config import Config, inherit, resolve
+from ..config import Config, resolve
 from ..data import make_da_datasets
 from ..engine import Engine, History, seed_everything
 from ..evaluation import evaluate
 from .ripu_pool import ActivePool, label_resolution_dataset, make_budget, select_on_pool, selection_iters
-from .base import Method, Parent
-from .supervised import SOURCE_ONLY, build_model, make_model_optimizer
+from .base import Fitted, Method
+from .supervised import build_model, make_model_optimizer, source_only_parents
 
-__all__ = ["RIPUStep", "PRESETS", "preset_config", "baseline_config", "build_ripu_model", "train_ripu", "RIPU"]
+__all__ = ["RIPUStep", "PRESETS", "preset_config", "build_ripu_model", "train_ripu", "RIPU"]
 
 # Defaults and sections of every field: kit.defaults (METHODS["ripu"]).
 
@@ -144,13 +144,6 @@ class RIPUStep:
         return logs
 
 
-def baseline_config(cfg: Mapping[str, Any]) -> Config:
-    """The supervised config of the same profile, data and network (the cached source-only model
-    and oracle): its data, network and run fields are ``cfg``'s (:func:`kit.config.inherit`);
-    the RIPU schedule is not carried over."""
-    return inherit(cfg, "supervised")
-
-
 def _validate(cfg: Mapping[str, Any]) -> None:
     if cfg["acquisition"] not in active.ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {active.ACQUISITIONS}, got {cfg['acquisition']!r}")
@@ -173,24 +166,24 @@ def _validate(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{k} must be >= 0, got {cfg[k]}")
 
 
-def build_ripu_model(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, source: nn.Module | None = None) -> nn.Module:
-    """G before adaptation: ``source``, the source-only model (``init="source_only"``), or a fresh
-    network from ``cfg.pretrained`` (the paper: ImageNet ResNet-101)."""
+def build_ripu_model(cfg: Mapping[str, Any], num_classes: int, seed: int = 0, source: Fitted | None = None) -> nn.Module:
+    """G before adaptation: ``source``, the fitted source-only model (``init="source_only"``), or a
+    fresh network from ``cfg.pretrained`` (the paper: ImageNet ResNet-101)."""
     seed_everything(seed)
     model = build_model(cfg, num_classes)
     if cfg["init"] == "source_only":
         if source is None:
             raise ValueError("init='source_only' starts G from the source-only model: pass it as `source` "
                              "(kit.fit.fit('ripu', ...) does)")
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(source.model.state_dict())
     return model
 
 
 def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any] | None = None,
-               source: nn.Module | None = None, desc: str | None = None, run_dir: str | Path | None = None,
+               source: Fitted | None = None, desc: str | None = None, run_dir: str | Path | None = None,
                checkpoint_every: int = 0) -> tuple[nn.Module, ActivePool, History]:
     """Train RIPU (or a baseline acquisition/mode) for one seed, G starting from ``source`` (the
-    source-only model) with ``init="source_only"``; returns ``(G, pool, history)``.
+    fitted source-only model) with ``init="source_only"``; returns ``(G, pool, history)``.
 
     ``datasets`` may hold ``"target_labels"``: a dataset with the original-size labels of
     ``target_train`` (else :func:`kit.methods.ripu_pool.label_resolution_dataset` decides). ``run_dir``: keep the
@@ -208,7 +201,9 @@ def train_ripu(cfg: Mapping[str, Any], seed: int = 0, datasets: Mapping[str, Any
         label_resolution_dataset(cfg, ds["target_train"])
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:    # resume only a run of this very model, before its folder is read
-        claim_run_dir(run_dir, cache_name("ripu", _run_key(cfg, seed, ds)), parts=("ripu_pool", "ripu_engine.pt"))
+        parents = {"init": source.key} if source is not None else {}
+        claim_run_dir(run_dir, cache_name("ripu", RIPU_METHOD.key(cfg, seed, ds, {}, parents)),
+                      parts=("ripu_pool", "ripu_engine.pt"))
     pool = ActivePool(ds["target_train"], cfg["pool_size"], labels=labels,
                       storage=run_dir / "ripu_pool" if run_dir is not None else None)
     step = RIPUStep(cfg, pool, seed)
@@ -253,7 +248,7 @@ class RIPU(Method):
         _validate(cfg)
 
     def parents(self, cfg, spec):
-        return {"init": Parent("source_only", baseline_config(cfg))} if cfg["init"] == "source_only" else {}
+        return source_only_parents(cfg)
 
     def cache_name(self, cfg, spec):
         return f"ripu_{cfg['acquisition']}_{cfg['mode']}"
@@ -268,7 +263,7 @@ class RIPU(Method):
         return {"model": build_model(cfg, data["target_train"].num_classes)}
 
     def train(self, cfg, seed, data, spec, parents, verbose=False):
-        model, pool, hist = train_ripu(cfg, seed, data, parents["init"].model if "init" in parents else None)
+        model, pool, hist = train_ripu(cfg, seed, data, parents.get("init"))
         val = hist.val[-1] if hist.val else {}
         return {"model": model}, {"history": hist.to_dict(), "miou": val.get("miou"),
                                   "labeled_fraction": pool.state.labeled_fraction,
@@ -277,12 +272,3 @@ class RIPU(Method):
 
 
 RIPU_METHOD = RIPU()
-
-
-def _run_key(cfg: Mapping[str, Any], seed: int, datasets: Mapping[str, Any]) -> dict:
-    """The key :func:`train_ripu` claims a ``run_dir`` with (the model's cache key)."""
-    parents = {}
-    if cfg["init"] == "source_only":
-        base = baseline_config(cfg)
-        parents["init"] = cache_name("source_only", SOURCE_ONLY.key(base, seed, datasets, {}, {}))
-    return RIPU_METHOD.key(cfg, seed, datasets, {}, parents)

@@ -13,8 +13,6 @@ config's network read from a file instead (DAS3's given source model).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,14 +21,15 @@ import torch.nn as nn
 
 from .. import losses
 from ..cache import model_key
-from ..config import Config
+from ..config import Config, inherit
+from ..hashing import file_sha256
 from ..engine import Engine, make_optimizer, seed_everything
 from ..evaluation import evaluate
 from ..models import build_segmenter
-from .base import REQUIRED, Fitted, Method
+from .base import REQUIRED, Fitted, Method, Parent
 
-__all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "Baseline", "SOURCE_ONLY",
-           "ORACLE", "WeightsFile", "WEIGHTS_FILE"]
+__all__ = ["build_model", "make_model_optimizer", "supervised_step", "train_supervised", "baseline_config",
+           "source_only_parents", "Baseline", "SOURCE_ONLY", "ORACLE", "WeightsFile", "WEIGHTS_FILE"]
 
 
 def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
@@ -90,6 +89,20 @@ def train_supervised(cfg: Config, train_set, val_set=None, seed: int = 0, num_cl
     return model, history
 
 
+def baseline_config(cfg: Mapping[str, Any]) -> Config:
+    """The supervised config of ``cfg``'s profile, data and network: the cached source-only model and
+    oracle an adapted model is compared with (and, with ``init="source_only"``, starts from). Its
+    data, network and run fields are ``cfg``'s (:func:`kit.config.inherit`); the adaptation schedule
+    (``iters``, ``lr``, ``batch_size`` ...) is *not* carried over."""
+    return inherit(cfg, "supervised")
+
+
+def source_only_parents(cfg: Mapping[str, Any]) -> dict[str, Parent]:
+    """The parents of a model that starts as ``cfg["init"]`` says: ``{"init": the source-only model
+    of baseline_config(cfg)}`` for ``"source_only"``, none otherwise (AdaptSegNet, RIPU)."""
+    return {"init": Parent("source_only", baseline_config(cfg))} if cfg["init"] == "source_only" else {}
+
+
 class Baseline(Method):
     """A supervised baseline: the config's network trained on one labelled split (``split``)."""
 
@@ -134,11 +147,10 @@ class WeightsFile(Method):
         path = Path(spec["path"])
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist; expected a state_dict file (.pt)")
-        raw = path.read_bytes()
 
         def load() -> Fitted:
             num_classes = data["target_train"].num_classes
-            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
                 state = state["model"]
             model = build_model(cfg, num_classes)
@@ -149,7 +161,7 @@ class WeightsFile(Method):
                                  f"width {cfg['width']}, {num_classes} classes): {str(e)[:300]}") from None
             return Fitted(self.name, model.eval(), {"key": name, "cached": True})
 
-        name = "file-" + hashlib.sha256(raw).hexdigest()[:16]
+        name = "file-" + file_sha256(path)[:16]
         return name, load
 
 
