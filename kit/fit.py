@@ -94,7 +94,9 @@ def fit(method: str, cfg: Mapping[str, Any], seed: int = 0, data: Mapping[str, A
     m, spec, ds = _prepare(method, cfg, data, spec)
     ext = m.external(cfg, seed, ds, spec)
     if ext is not None:
-        return ext[1]()
+        fitted = ext[1]()
+        fitted.modules = fitted.modules or {"model": fitted.model}
+        return fitted
     parents = _fit_parents(m, cfg, seed, ds, spec, verbose) if m.load_parents else None
     if parents is not None:
         names = {role: f.key for role, f in parents.items()}
@@ -120,7 +122,9 @@ def fit(method: str, cfg: Mapping[str, Any], seed: int = 0, data: Mapping[str, A
         return modules, {t: state[t] for t in m.tensors}
 
     (modules, tensors), meta = load_or_train(prefix, key, train, cfg.get("cache_dir"), verbose=verbose, build=build)
-    return m.result(cfg, ds, spec, modules, {**meta, **tensors}, parents or {})
+    fitted = m.result(cfg, ds, spec, modules, {**meta, **tensors}, parents or {})
+    fitted.modules = modules
+    return fitted
 
 
 def train_output_path(cfg: Mapping[str, Any], name: str) -> Path:
@@ -134,11 +138,12 @@ def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
     """``kit train NAME``: the model :func:`fit` gives for ``cfg`` and its first seed (with the
     method's :meth:`~kit.methods.base.Method.train_spec`), every model it starts from trained
     afresh (:func:`kit.cache.bypassed`), saved by rank 0 as ``<run_dir>/NAME.pt``
-    (:func:`kit.cache.save_checkpoint`). The state holds ``model``, the other trained modules
-    (AdaptSegNet's discriminators as ``d_<level>``) and any tensor the method records (RIPU's
-    ``round_map``); the JSON beside it the method's meta (``history``, its evaluations; the
-    baselines' ``target_eval`` on the target val split), the resolved ``config``, ``seed``,
-    ``world_size`` and ``global_batch_size``. Returns the path on rank 0, None on the other ranks."""
+    (:func:`kit.cache.save_checkpoint`). The state holds every module cached under the model's
+    key (``Fitted.modules``: ``model``, AdaptSegNet's ``d_<level>``) and any tensor the method
+    records (RIPU's ``round_map``); the JSON beside it the method's meta (``history``, its
+    evaluations; the baselines' ``target_eval`` on the target val split), what the method's
+    :meth:`~kit.methods.base.Method.train_record` adds (DAS3: each stage's evaluation), the
+    resolved ``config``, ``seed``, ``world_size`` and ``global_batch_size``. Returns the path on rank 0, None on the other ranks."""
     from . import distributed
     from .cache import bypassed, save_checkpoint
 
@@ -146,16 +151,14 @@ def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
     seed, spec = int(cfg["seeds"][0]), m.train_spec(cfg)
     with bypassed():
         fitted = fit(name, cfg, seed, None, verbose=distributed.is_main(), **spec)
-    state: dict[str, Any] = {"model": fitted.model.state_dict()}
-    state.update({f"d_{k}": d.state_dict() for k, d in fitted.parts.get("discriminators", {}).items()})
+    state: dict[str, Any] = {name: module.state_dict() for name, module in fitted.modules.items()}
     meta: dict[str, Any] = {}
     for k, v in fitted.meta.items():
         if torch.is_tensor(v):
             state[k] = v
         elif k not in ("cached", "key", "config"):
             meta[k] = v
-    if "stages" in fitted.parts:
-        meta["stages"] = {s: sm.get("eval") for s, sm in fitted.parts["stages"].items()}
+    meta.update(m.train_record(fitted))
     ws = distributed.world_size()
     meta.update(method=name, seed=seed, world_size=ws, global_batch_size=int(cfg["batch_size"]) * ws,
                 config=dict(cfg), **spec)

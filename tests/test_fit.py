@@ -137,9 +137,9 @@ def test_kit_train_is_fit_without_the_cache(tmp_path):
 
 
 def test_kit_train_saves_the_parts_and_tensors(monkeypatch, tmp_path):
-    """AdaptSegNet's discriminators become d_<level> and a tensor in the meta (RIPU's
-    round_map) goes into the state; DAS3 records each stage's evaluation; DDeP fine-tunes
-    DDeP on cfg.fraction."""
+    """Every cached module is saved under its name (AdaptSegNet's discriminators as d_<level>), a
+    tensor in the meta (RIPU's round_map) goes into the state; DAS3 records each stage's
+    evaluation; DDeP fine-tunes DDeP on cfg.fraction."""
     import torch
 
     from kit.cache import load_checkpoint
@@ -149,11 +149,10 @@ def test_kit_train_saves_the_parts_and_tensors(monkeypatch, tmp_path):
 
     def fake_fit(method, cfg, seed, data=None, verbose=False, **spec):
         seen.append((method, seed, spec))
-        parts = {"discriminators": {"out": nn.Linear(2, 1)}} if method == "adaptseg" else {}
-        if method == "das3":
-            parts = {"stages": {1: {"eval": {"miou": 1.0}}, 2: {"eval": {"miou": 2.0}}}}
+        modules = {"model": m, "d_out": nn.Linear(2, 1)} if method == "adaptseg" else {"model": m}
+        parts = {"stages": {1: {"eval": {"miou": 1.0}}, 2: {"eval": {"miou": 2.0}}}} if method == "das3" else {}
         return Fitted(method, m, {"history": {"train": []}, "round_map": torch.ones(2), "key": "k", "cached": False},
-                      parts)
+                      parts, modules)
     monkeypatch.setattr(fitmod, "fit", fake_fit)
     for name in ("adaptseg", "ripu", "das3", "ddep"):
         cfg = resolve("smoke", name, run_dir=str(tmp_path), seeds=[5])

@@ -49,12 +49,15 @@ class Parent:
 
 @dataclass
 class Fitted:
-    """A trained model (eval mode), the meta the cache stored with it, and any other trained modules."""
+    """A trained model (eval mode), the meta the cache stored with it, what else the method reports
+    (``parts``), and every module whose weights were cached under its key, by name (``modules``:
+    ``"model"``, AdaptSegNet's ``"d_<level>"``; set by the runner)."""
 
     method: str
     model: nn.Module
     meta: dict
     parts: dict[str, Any] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
 
     @property
     def key(self) -> str | None:
@@ -132,6 +135,11 @@ class Method:
 
     def train_spec(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """The spec ``kit train NAME`` fits with (from the config)."""
+        return {}
+
+    def train_record(self, fitted: Fitted) -> dict[str, Any]:
+        """What ``kit train NAME`` writes beside the meta about the fit besides the model itself
+        (DAS3: every stage's evaluation)."""
         return {}
 
     def __repr__(self) -> str:

@@ -331,5 +331,8 @@ class DAS3(Method):
         stages = {**parents["input"].parts.get("stages", {}), int(spec["stage"]): meta}
         return Fitted(self.name, model.eval(), meta, {"stages": stages})
 
+    def train_record(self, fitted):
+        return {"stages": {s: m.get("eval") for s, m in fitted.parts["stages"].items()}}
+
 
 DAS3_METHOD = DAS3()
