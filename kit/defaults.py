@@ -255,10 +255,11 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "stage3_lr": F(1e-3, "optim", ("stage3",)),
             # stage 1: implicit feature alignment
             "stage1_loss": F("focal", "method", ("stage1",)),  # "focal" (DAS3) | "entropy" (ablation)
-            # the focal factor (1 - H)^gamma: "detached" = a per-pixel weight (confident pixels lead; every
-            # pixel's entropy goes down) | "through" = part of the objective (pixels with H > 1/(1+gamma)
-            # are pushed to *higher* entropy); see kit.losses.focal_entropic_loss
-            "focal_grad": F("detached", "method", ("stage1",)),
+            # the focal factor (1 - H)^gamma: "through" = part of the objective, as the authors' code
+            # (yxiwang/ATP, EntropyLoss: no stop-gradient; pixels with H > 1/(1+gamma) are pushed to
+            # *higher* entropy) | "detached" = a per-pixel weight (every pixel's entropy goes down,
+            # confident ones first); see kit.losses.focal_entropic_loss
+            "focal_grad": F("through", "method", ("stage1",)),
             "gamma": F(5.0, "method", ("stage1",)),
             "alpha": F(3.0, "method", ("stage1",)),
             "ent_weight": F(1.0, "method", ("stage1",)),

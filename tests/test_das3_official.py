@@ -1,10 +1,12 @@
 """DAS3 against the official semantics, stated here in small independent code.
 
-* The focal entropic term [DAS3 stage 1]: the paper's motivation is that the focal factor
-  ``(1 - H)^gamma`` *down-weights* uncertain pixels so confident ones lead. Read as a
-  weight (``focal_grad="detached"``, the default), one gradient step lowers the entropy
-  of every pixel; read as part of the objective (``"through"``), it raises the entropy of
-  the pixels above ``H = 1/(1 + gamma)``.
+* The focal entropic term [DAS3 stage 1], as the authors' code computes it (yxiwang/ATP,
+  ``mmseg/models/losses/cross_entropy_loss.py``, ``EntropyLoss``): with ``H`` the entropy of
+  each pixel's softmax divided by ``log C``, the loss is the pixel mean of ``(1 - H)^5 * H``
+  (times 0.001), differentiated as written -- no stop-gradient on the factor. That is the
+  kit's default (``focal_grad="through"``); one gradient step raises the entropy of the pixels
+  above ``H = 1/(1 + gamma)``. Read as a weight (``"detached"``, an ablation), one step lowers
+  the entropy of every pixel.
 * Stage 3 as in the authors' later code (ATP, ``atp_semi.py``; ``stage3="atp"``): an EMA
   teacher ``a = min(1 - 1/(t+1), 0.999)``, easy images = the 30% of lowest mean normalized
   entropy, easy images labelled by the teacher's plain argmax, hard pixels weighted by
@@ -113,14 +115,34 @@ def test_detached_focal_step_lowers_every_pixels_entropy():
     assert bool(up.any()) and bool((h0[up] > 1 / (1 + GAMMA)).all())  # only pixels beyond the peak go up
 
 
+def test_the_default_focal_term_is_the_authors_entropy_loss():
+    """The authors' EntropyLoss (without its 0.001 weight, which is ``ent_weight`` x lr here):
+    ``mean((1 - H)^5 * H)``, H = entropy / log C, autograd through all of it. The kit's default
+    matches it in value and in gradient, and every profile's config defaults to it."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 11, 4, 6, generator=g) * 3
+    ref_in = logits.double().clone().requires_grad_(True)
+    p = ref_in.softmax(1)
+    h = -(p * torch.log(p + 1e-30)).sum(1) / math.log(11)
+    ref = (torch.pow(1 - h, 5) * h).mean()
+    ref.backward()
+    x = logits.clone().requires_grad_(True)
+    loss = losses.focal_entropic_loss(x)            # the defaults: gamma 5, focal_grad "through"
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert torch.allclose(x.grad.double(), ref_in.grad, atol=1e-7)
+    for profile in ("smoke", "quick", "full", "paper"):
+        assert resolve(profile, "das3").focal_grad == "through"
+
+
 def test_focal_grad_is_a_config_field_of_stage1():
     cfg = resolve("smoke", "das3")
-    assert cfg.focal_grad == "detached"
+    assert cfg.focal_grad == "through"
     k1 = stage_key(1, cfg)
-    k2 = stage_key(1, dict(cfg, focal_grad="through"))
-    assert k1["config"]["focal_grad"] == "detached" and k1 != k2
+    k2 = stage_key(1, dict(cfg, focal_grad="detached"))
+    assert k1["config"]["focal_grad"] == "through" and k1 != k2
     # the cache names fit gives (the same source-only model under both)
-    assert key_of("das3", cfg, 0, stage=1) != key_of("das3", dict(cfg, focal_grad="through"), 0, stage=1)
+    assert key_of("das3", cfg, 0, stage=1) != key_of("das3", dict(cfg, focal_grad="detached"), 0, stage=1)
     with pytest.raises(ValueError, match="focal_grad"):
         losses.focal_entropic_loss(torch.zeros(1, 3, 2, 2), 5.0, "weighted")
 

@@ -25,7 +25,7 @@ def test_ablation_cells_and_claims():
     assert e.notebook == "02_das3" and e.method == "das3" and e.decides
     assert [c.name for c in e.cells] == [
         "focal entropic + diversity (default)", "plain entropy + diversity", "focal entropic, no diversity",
-        "focal factor differentiated (through)", "positive + negative (default)", "positive only",
+        "focal factor as a weight (detached)", "positive + negative (default)", "positive only",
         "class-wise thresholds (default)", "one global threshold"]
     assert all(c.paper is None for c in e.cells)
     assert [c.id for c in e.claims] == ["C2", "C3", "C4", "C5"]
@@ -70,15 +70,15 @@ def test_cells_chain_the_notebooks_config_changes(monkeypatch):
     cfg, ds = experiments.get("das3/ablations").config("smoke"), {"target_val": _Val()}
     for c in experiments.get("das3/ablations").cells:
         rec = c.run(cfg, 0, ds)
-    assert [o for _, o in calls] == [{}, {"stage1_loss": "entropy"}, {"div_weight": 0.0}, {"focal_grad": "through"},
+    assert [o for _, o in calls] == [{}, {"stage1_loss": "entropy"}, {"div_weight": 0.0}, {"focal_grad": "detached"},
                                      {}, {"neg_weight": 0.0}, {}, {"threshold_mode": "global"}]
     assert [s for s, _ in calls] == [1, 1, 1, 1, 2, 2, 2, 2]
     assert rec["IoU pole"] == 10.0 and rec["share road"] == 0.8 and rec["true pole"] == 0.2
     assert rec[t3.KL] == pytest.approx(sum(t * math.log(t / q) for t, q in ((0.7 + 1e-8, 0.8 + 1e-8), (0.2 + 1e-8, 0.1 + 1e-8),
                                                                              (0.1 + 1e-8, 0.1 + 1e-8))))
     calls.clear()
-    through = experiments.get("das3/ablations").cell("focal factor differentiated (through)")
-    assert math.isnan(through.run({**cfg, "seeds": [0, 1], "sweep_seeds": None}, 1, ds)["miou"]) and not calls
+    detached = experiments.get("das3/ablations").cell("focal factor as a weight (detached)")
+    assert math.isnan(detached.run({**cfg, "seeds": [0, 1], "sweep_seeds": None}, 1, ds)["miou"]) and not calls
     sweeps = experiments.get("das3/sweeps")
     recs = [c.run(cfg, 0, ds) for c in sweeps.grid(cfg)]
     assert calls == [(1, {"stage1_loss": "entropy"}), (1, {"alpha": 0.0}), (2, {"neg_threshold": 0.01}),

@@ -27,12 +27,12 @@ from .das3 import PAPER, _chain, data
 
 KL = "KL(true || predicted)"
 DEFAULT_S1, PLAIN, NO_DIV = "focal entropic + diversity (default)", "plain entropy + diversity", "focal entropic, no diversity"
-THROUGH = "focal factor differentiated (through)"
+DETACHED = "focal factor as a weight (detached)"
 POS_NEG, POS_ONLY = "positive + negative (default)", "positive only"
 CLASSWISE, GLOBAL = "class-wise thresholds (default)", "one global threshold"
 ABLATIONS = (  # the notebook's ABLATIONS: (name, stage, config changes)
     (DEFAULT_S1, 1, {}), (PLAIN, 1, {"stage1_loss": "entropy"}), (NO_DIV, 1, {"div_weight": 0.0}),
-    (THROUGH, 1, {"focal_grad": "through"}), (POS_NEG, 2, {}), (POS_ONLY, 2, {"neg_weight": 0.0}),
+    (DETACHED, 1, {"focal_grad": "detached"}), (POS_NEG, 2, {}), (POS_ONLY, 2, {"neg_weight": 0.0}),
     (CLASSWISE, 2, {}), (GLOBAL, 2, {"threshold_mode": "global"}),
 )
 SWEEP = {  # the notebook's SWEEP: parameter -> (stage, values)
@@ -69,10 +69,10 @@ def small_classes(classes) -> list[str]:
 
 def ablation(name: str, s: int, over: dict) -> Cell:
     """The model after stage ``s`` with config changes ``over``; the notebook's ``record`` columns
-    (per-class IoU, predicted / true pixel share) and the KL of section 4. The ``through`` row
+    (per-class IoU, predicted / true pixel share) and the KL of section 4. The ``detached`` row
     runs on the sweep seeds only (NaN on the others), as in the notebook."""
     def run(cfg, seed, ds):
-        if name == THROUGH and seed not in sweep_seeds(cfg):
+        if name == DETACHED and seed not in sweep_seeds(cfg):
             return {"miou": float("nan")}
         ev, classes = _chain(cfg, seed, ds, s, **over)[1]["eval"], list(ds["target_val"].classes)
         return {"miou": ev["miou"], "stage": s, **{f"IoU {c}": v for c, v in ev["iou"].items()},

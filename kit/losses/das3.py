@@ -64,26 +64,26 @@ def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
 FOCAL_GRAD_MODES = ("detached", "through")
 
 
-def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: str = "detached") -> torch.Tensor:
+def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: str = "through") -> torch.Tensor:
     """DAS3's focal entropic loss: mean over pixels of ``(1 - H)^gamma * H`` [DAS3: focal entropic loss, stage 1].
 
     ``H`` is the normalized entropy of each pixel's softmax; ``logits`` [B,C,h,w] -> scalar.
     ``gamma = 0`` is plain entropy minimization. The *value* is the same in both modes;
     they differ in what the gradient does with the focal factor ``(1 - H)^gamma``:
 
-    * ``focal_grad="detached"`` (default): the factor is a per-pixel **weight**
-      (stop-gradient), so ``d loss / d H_i = (1 - H_i)^gamma / N >= 0``: minimizing lowers
-      the entropy of *every* pixel, confident pixels fastest, uncertain ones slowly. This
-      is the paper's stated motivation (the factor "down-weights" uncertain pixels so that
-      confident ones lead the alignment) and the sense of a focal loss in Lin et al.,
-      where ``(1 - p_t)^gamma`` re-weights a loss whose minimization always moves the
-      example the same way.
-    * ``focal_grad="through"``: the factor is part of the objective. ``(1 - H)^gamma H``
+    * ``focal_grad="through"`` (default): the factor is part of the objective, as in the
+      authors' code (yxiwang/ATP, ``mmseg/models/losses/cross_entropy_loss.py``, ``EntropyLoss``:
+      ``0.001 * (1 - H)^5 * H`` averaged over pixels, no stop-gradient). ``(1 - H)^gamma H``
       is not monotone in ``H``: it peaks at ``H = 1 / (1 + gamma)`` (1/6 at gamma = 5), and
       ``d/dH = (1 - H)^(gamma - 1) (1 - (1 + gamma) H)`` is *negative* above the peak, so
-      minimizing pushes the uncertain pixels (``H > 1/(1 + gamma)``) towards *higher*
-      entropy (towards the uniform prediction, where the term is 0 again), not towards
-      being "left alone". Kept as an ablation.
+      minimizing sharpens the confident pixels (``H < 1/(1 + gamma)``) and pushes the
+      uncertain ones towards *higher* entropy (towards the uniform prediction, where the term
+      is 0 again): a pixel the source model is unsure of is not forced into a class.
+    * ``focal_grad="detached"``: the factor is a per-pixel **weight** (stop-gradient), so
+      ``d loss / d H_i = (1 - H_i)^gamma / N >= 0``: minimizing lowers the entropy of *every*
+      pixel, confident pixels fastest, uncertain ones slowly -- a reading of the paper's
+      motivation ("down-weights" uncertain pixels) in the sense of a focal loss in Lin et al.
+      It commits the uncertain pixels too, to whatever class they lean to; kept as an ablation.
 
     >>> round(float(focal_entropic_loss(torch.zeros(1, 4, 2, 2), gamma=5.0)), 6)  # H = 1
     0.0

@@ -82,11 +82,11 @@ def stage1_align(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
     ``ent_weight * L_fe + div_weight * L_div`` on target batches:
     ``L_fe`` = focal entropic loss (or plain entropy if ``stage1_loss == "entropy"``) and
     ``L_div`` = weighted diversity loss. ``focal_grad`` says how the focal factor
-    ``(1 - H)^gamma`` enters the gradient: ``"detached"`` (default), a weight, so every
-    pixel's entropy goes down and the confident ones lead (the paper's motivation); or
-    ``"through"``, part of the objective, which pushes pixels with ``H > 1/(1 + gamma)``
-    towards *higher* entropy (see :func:`kit.losses.focal_entropic_loss`). BatchNorm layers (unless frozen by the config)
-    re-estimate their statistics on the target as they train.
+    ``(1 - H)^gamma`` enters the gradient: ``"through"`` (default, the authors' code), part of
+    the objective, which sharpens pixels with ``H < 1/(1 + gamma)`` and pushes the others towards
+    *higher* entropy; or ``"detached"``, a weight, so every pixel's entropy goes down and the
+    confident ones lead (see :func:`kit.losses.focal_entropic_loss`). BatchNorm layers (unless
+    frozen by the config) re-estimate their statistics on the target as they train.
     """
     if cfg["stage1_loss"] not in ("focal", "entropy"):
         raise ValueError(f"stage1_loss must be 'focal' or 'entropy', got {cfg['stage1_loss']!r}")
