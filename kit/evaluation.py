@@ -10,6 +10,7 @@ the notebooks and user code evaluate the same way. (These used to live in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -24,7 +25,8 @@ from .data.labels import IGNORE_INDEX
 from .machine import autocast
 from .metrics import ConfusionMatrix
 
-__all__ = ["evaluate", "predict", "EvalResult", "boundary_mask", "boundary_errors"]
+__all__ = ["evaluate", "predict", "EvalResult", "boundary_mask", "boundary_errors", "class_mix", "collapse_report",
+           "CollapseWarning"]
 
 
 def _logits(model: nn.Module, x: torch.Tensor, key: str = "out", **kw) -> torch.Tensor:
@@ -151,3 +153,81 @@ def boundary_errors(model: nn.Module, dataset: Dataset, width: int = 1, batch_si
     b, be, i, ie = counts.tolist()
     return {"boundary_error": 100 * be / max(b, 1), "interior_error": 100 * ie / max(i, 1),
             "boundary_share": 100 * b / max(b + i, 1), "errors_at_boundary": 100 * be / max(be + ie, 1)}
+
+
+# ----------------------------------------------------------------------------------
+# What a model predicts, without labels: the collapse check of unsupervised adaptation
+# ----------------------------------------------------------------------------------
+#: images :func:`class_mix` looks at (the first ones of the split, in order)
+MIX_ITEMS = 64
+#: a class the starting model predicts on at least this share of the pixels ...
+COLLAPSE_MIN_SHARE = 0.01
+#: ... has vanished when the adapted model predicts it on less than this fraction of that share
+COLLAPSE_KEPT = 0.1
+#: the two class mixes are far apart from this total-variation distance on (half the L1 distance)
+COLLAPSE_TV = 0.3
+#: the mean entropy has collapsed when it falls below this fraction of the starting model's
+COLLAPSE_ENTROPY_KEPT = 0.05
+
+
+class CollapseWarning(UserWarning):
+    """An adapted model predicts a very different class mix than the model it started from (or
+    has become certain of everything): unsupervised adaptation may have collapsed."""
+
+
+def class_mix(model: nn.Module, dataset: Dataset, items: int = MIX_ITEMS, batch_size: int = 16,
+              amp: str = "auto") -> dict:
+    """What ``model`` predicts on the first ``items`` images of ``dataset`` (their labels are not
+    used): ``{"share": [share of the pixels predicted as each class], "entropy": mean normalized
+    entropy in [0, 1]}``. The model's train/eval mode is restored afterwards."""
+    was = model.training
+    model.eval()
+    counts, h_sum, n = None, 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in _loader(dataset, items, batch_size):
+                prob = predict(model, batch[0], amp=amp)
+                c = prob.shape[1]
+                cnt = torch.bincount(prob.argmax(1).flatten().cpu(), minlength=c).double()
+                counts = cnt if counts is None else counts + cnt
+                h = -(prob * prob.clamp_min(1e-12).log()).sum(1) / math.log(c)
+                h_sum, n = h_sum + float(h.sum()), n + h.numel()
+    finally:
+        model.train(was)
+    if counts is None:
+        raise ValueError("class_mix needs at least one image")
+    return {"share": (counts / counts.sum()).tolist(), "entropy": h_sum / n}
+
+
+def collapse_report(start: Mapping, end: Mapping, classes: Sequence[str] | None = None) -> str | None:
+    """A label-free warning about an adapted model (``end``, a :func:`class_mix`) against the model
+    it started from (``start``), or None. It warns when a class the start predicts on at least
+    :data:`COLLAPSE_MIN_SHARE` of the pixels keeps less than :data:`COLLAPSE_KEPT` of its share,
+    when the two mixes are :data:`COLLAPSE_TV` or more apart (total variation), or when the mean
+    entropy falls below :data:`COLLAPSE_ENTROPY_KEPT` of the start's. The thresholds are fixed
+    beforehand, not fitted to any run.
+
+    >>> collapse_report({"share": [0.5, 0.5], "entropy": 0.4}, {"share": [0.55, 0.45], "entropy": 0.2}) is None
+    True
+    >>> r = collapse_report({"share": [0.5, 0.5], "entropy": 0.4}, {"share": [0.99, 0.01], "entropy": 0.3},
+    ...                     ["road", "car"])
+    >>> "total variation 0.49" in r and "car 50.0% -> 1.0% of the pixels (vanished)" in r
+    True
+    """
+    a, b = list(start["share"]), list(end["share"])
+    if len(a) != len(b):
+        raise ValueError(f"class mixes of {len(a)} and {len(b)} classes cannot be compared")
+    names = list(classes) if classes is not None and len(classes) == len(a) else [str(i) for i in range(len(a))]
+    vanished = [i for i in range(len(a)) if a[i] >= COLLAPSE_MIN_SHARE and b[i] < COLLAPSE_KEPT * a[i]]
+    tv = 0.5 * sum(abs(x - y) for x, y in zip(a, b))
+    h0, h1 = float(start["entropy"]), float(end["entropy"])
+    entropy_gone = h0 > 0 and h1 < COLLAPSE_ENTROPY_KEPT * h0
+    if not (vanished or tv >= COLLAPSE_TV or entropy_gone):
+        return None
+    moved = sorted(range(len(a)), key=lambda i: -abs(a[i] - b[i]))[:3]
+    shown = sorted(set(vanished) | set(moved), key=lambda i: -abs(a[i] - b[i]))
+    parts = [f"{names[i]} {100 * a[i]:.1f}% -> {100 * b[i]:.1f}% of the pixels" + (" (vanished)" if i in vanished else "")
+             for i in shown]
+    return (f"the predicted class mix moved far from the starting model's (total variation {tv:.2f}): "
+            + ", ".join(parts) + f"; mean entropy {h0:.3f} -> {h1:.3f}")
+

@@ -13,6 +13,12 @@ key, modules and training); :func:`fit` does the rest, the same for every method
    stored with it (``history``, ``key``, ``cached``, and what the method records, e.g. its
    target mIoU), and the other trained modules (``parts``).
 
+For an unsupervised method (AdaptSegNet, DAS3: ``Method.watch``) the runner also records, when
+it trains, what the starting and the adapted model predict on the unlabelled target images
+(:func:`kit.evaluation.class_mix`), and every fit of the model, trained or loaded, warns with
+:class:`kit.evaluation.CollapseWarning` when the class mix moved far or a class vanished
+(:func:`kit.evaluation.collapse_report`) -- a check a source-free user can make without labels.
+
 =================  =====================================================  =================================
 method             what one call fits                                     ``spec``
 =================  =====================================================  =================================
@@ -46,8 +52,11 @@ from typing import Any, Mapping
 
 import torch
 
+import warnings
+
 from . import methods
 from .cache import StaleCheckpointError, cache_name, load_into, load_or_train
+from .evaluation import CollapseWarning, class_mix, collapse_report
 from .methods.base import REQUIRED, Fitted, Method
 
 __all__ = ["fit", "key_of", "train", "train_output_path"]
@@ -109,6 +118,10 @@ def fit(method: str, cfg: Mapping[str, Any], seed: int = 0, data: Mapping[str, A
         fitted = parents if parents is not None else _fit_parents(m, cfg, seed, ds, spec, verbose)
         modules, meta = m.train(cfg, seed, ds, spec, fitted, verbose)
         meta = dict(meta)
+        if m.watch is not None and m.watch[0] in fitted:   # what adaptation did to the predictions, label-free
+            images, kw = ds[m.watch[1]], {"batch_size": cfg["eval_batch_size"], "amp": cfg["amp"]}
+            meta["class_mix"] = {"start": class_mix(fitted[m.watch[0]].model, images, **kw),
+                                 "end": class_mix(modules["model"], images, **kw)}
         state = {name: module.state_dict() for name, module in modules.items()}
         state.update({t: meta.pop(t) for t in m.tensors})
         return state, meta
@@ -124,7 +137,18 @@ def fit(method: str, cfg: Mapping[str, Any], seed: int = 0, data: Mapping[str, A
     (modules, tensors), meta = load_or_train(prefix, key, train, cfg.get("cache_dir"), verbose=verbose, build=build)
     fitted = m.result(cfg, ds, spec, modules, {**meta, **tensors}, parents or {})
     fitted.modules = modules
+    _warn_if_collapsed(fitted, ds[m.watch[1]] if m.watch is not None else None)
     return fitted
+
+
+def _warn_if_collapsed(fitted: Fitted, images) -> None:
+    mix = fitted.meta.get("class_mix")
+    if mix is None:    # not an unsupervised method, no starting model, or cached before the check
+        return
+    report = collapse_report(mix["start"], mix["end"], getattr(images, "classes", None))
+    if report is not None:
+        warnings.warn(CollapseWarning(f"{fitted.key}: {report}. Look at its predictions before trusting it "
+                                      "(unsupervised adaptation can collapse onto a few classes)."), stacklevel=3)
 
 
 def train_output_path(cfg: Mapping[str, Any], name: str) -> Path:

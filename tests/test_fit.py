@@ -163,3 +163,84 @@ def test_kit_train_saves_the_parts_and_tensors(monkeypatch, tmp_path):
         if name == "das3":
             assert meta["stages"] == {"1": {"miou": 1.0}, "2": {"miou": 2.0}}
     assert seen[-1] == ("ddep", 5, {"init": "ddep", "fraction": float(resolve("smoke", "ddep").fraction)})
+
+
+class Drifting(Method):
+    """An unsupervised method of a few lines that 'adapts' a tiny segmenter by a bias on one class:
+    collapsing (every pixel to class 0) or not."""
+
+    name = "drifting_for_test"
+    spec = {"bias": 0.0}
+    watch = ("init", "target_train")
+
+    def parents(self, cfg, spec):
+        return {"init": Parent("segmenter_for_test", cfg)}
+
+    def key(self, cfg, seed, data, spec, parents):
+        return {"bias": spec["bias"], "parents": sorted(parents.values())}
+
+    def build(self, cfg, data, spec):
+        return {"model": TinySeg()}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        model = TinySeg()
+        model.load_state_dict(parents["init"].model.state_dict())
+        with torch.no_grad():
+            model.conv.bias[0] += spec["bias"]
+        return {"model": model}, {}
+
+
+class Segmenter(Method):
+    name = "segmenter_for_test"
+
+    def key(self, cfg, seed, data, spec, parents):
+        return {"seed": seed}
+
+    def build(self, cfg, data, spec):
+        return {"model": TinySeg()}
+
+    def train(self, cfg, seed, data, spec, parents, verbose=False):
+        torch.manual_seed(seed)
+        return {"model": TinySeg()}, {}
+
+
+class TinySeg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+class Images(torch.utils.data.Dataset):
+    classes = ("road", "car", "person")
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(i)), torch.zeros(8, 8, dtype=torch.long)
+
+
+def test_an_unsupervised_fit_warns_when_its_predictions_collapse(tmp_path):
+    """The collapse check needs no label: a model that predicts one class everywhere after
+    'adaptation' warns, with the numbers, when it is trained and again when it is loaded; a
+    small change of the same model stays quiet."""
+    import warnings
+
+    from kit.evaluation import CollapseWarning
+
+    methods.register(Drifting(), replace=True)
+    methods.register(Segmenter(), replace=True)
+    cfg = {"cache_dir": str(tmp_path), "eval_batch_size": 4, "amp": "off"}
+    data = {"target_train": Images()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        quiet = fit("drifting_for_test", cfg, 0, data, bias=0.01)
+    start, end = quiet.meta["class_mix"]["start"], quiet.meta["class_mix"]["end"]
+    assert abs(sum(start["share"]) - 1) < 1e-9 and 0 < end["entropy"] <= 1
+    for _ in range(2):   # trained, then loaded from the cache
+        with pytest.warns(CollapseWarning, match=r"total variation .*(road|car|person) .*vanished"):
+            collapsed = fit("drifting_for_test", cfg, 0, data, bias=100.0)
+    assert collapsed.cached and collapsed.meta["class_mix"]["end"]["share"][0] == 1.0

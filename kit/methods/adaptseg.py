@@ -324,6 +324,7 @@ class AdaptSeg(Method):
     with its confusion matrix); ``parts["discriminators"]`` the trained D per level."""
 
     name = config = "adaptseg"
+    watch = ("init", "target_train")
 
     def check(self, cfg, spec):
         _validate(cfg)

@@ -81,7 +81,10 @@ class Method:
     :mod:`kit.config` method whose defaults ``kit train NAME`` resolves), ``spec`` (argument ->
     default), ``tensors`` (entries of the meta that are tensors, stored in the checkpoint beside
     the weights: RIPU's ``round_map``), ``load_parents`` (fit the parents even when this model is
-    cached: DAS3 reports every stage of its chain).
+    cached: DAS3 reports every stage of its chain), ``watch`` (for an unsupervised method: the
+    parent role of the model it adapts and the split of unlabelled images; the runner records
+    both models' predicted class mix there, :func:`kit.evaluation.class_mix`, and warns with
+    :class:`kit.evaluation.CollapseWarning` when adaptation looks collapsed).
     """
 
     name: str = ""
@@ -89,6 +92,7 @@ class Method:
     spec: Mapping[str, Any] = {}
     tensors: tuple[str, ...] = ()
     load_parents: bool = False
+    watch: tuple[str, str] | None = None
 
     def check(self, cfg: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
         """Raise ValueError for a config or spec this method cannot fit."""

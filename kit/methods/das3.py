@@ -296,6 +296,7 @@ class DAS3(Method):
     name = config = "das3"
     spec = {"stage": 3}
     load_parents = True
+    watch = ("input", "target_train")
 
     def check(self, cfg, spec):
         stage_tags(spec["stage"], cfg)
