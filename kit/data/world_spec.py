@@ -18,7 +18,7 @@ import torch
 from .labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 
 __all__ = [
-    "WORLD_CLASSES", "WORLD_TO_CITYSCAPES", "LARGE_CLASSES", "SMALL_CLASSES", "DomainSpec", "DOMAINS", "SPLITS",
+    "WORLD_CLASSES", "WORLD_TO_CITYSCAPES", "LARGE_CLASSES", "SMALL_CLASSES", "DomainSpec", "DOMAINS", "DA_PAIRS", "SPLITS",
     "RENDER_VERSION", "get_domain", "class_index", "hash_uniform",
 ]
 
@@ -215,7 +215,36 @@ _CITY_C = replace(
     description="city C (CamVid-like): bright, warm; merges terrain->vegetation, sign->pole, bicycle->person",
 )
 
-DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C)}
+# A second domain pair, to check that the recipes tuned on synthetic -> real do not hurt elsewhere:
+# narrow alleys between tall facades, so one background class (building) covers about three
+# quarters of the pixels; objects at half the size; a merged, smaller label space (8 classes).
+_ALLEY_LABELS = {"terrain": "sidewalk", "traffic sign": "pole", "bicycle": "person"}
+_ALLEY_SIM = DomainSpec(
+    name="alley_sim", seed=51,
+    palette=_rgb("#6e6e6e", "#b0a070", "#a05a3a", "#e8e8e8", "#ff3030", "#208020",
+                 "#9ad040", "#60b0ff", "#ff40ff", "#3050ff", "#ff8000"),
+    color_jitter=0.05, texture=0.05, blur=0.0, noise=0.005, light=(0.95, 1.05), saturation=1.2,
+    horizon=(0.28, 0.36), road_width=(0.08, 0.14),
+    counts={"car": 2.0, "person": 2.0, "pole": 4.0, "sign": 1.0, "tree": 1.0, "bicycle": 0.8},
+    object_scale=0.5, terrain_prob=1.0, shadows=0.0, label_of=_ALLEY_LABELS,
+    description="alley source (rendered): tall facades (~3/4 of the pixels), narrow road, small objects, 8 classes",
+)
+_ALLEY_REAL = DomainSpec(
+    name="alley_real", seed=61,
+    palette=_rgb("#5a5850", "#8a8060", "#7a5a48", "#b8b8a8", "#b84040", "#3a5a30",
+                 "#7a8a48", "#b0c0d0", "#9a5080", "#404a70", "#a06030"),
+    color_jitter=0.10, texture=0.35, blur=1.0, noise=0.05, light=(0.6, 1.2), saturation=0.8,
+    horizon=(0.24, 0.34), road_width=(0.06, 0.12),
+    counts={"car": 1.5, "person": 2.5, "pole": 5.0, "sign": 1.2, "tree": 1.5, "bicycle": 1.0},
+    object_scale=0.45, terrain_prob=1.0, shadows=0.3, label_of=_ALLEY_LABELS,
+    description="alley target (real-like): textured, noisy, darker facades, smaller and more objects",
+)
+
+DOMAINS: dict[str, DomainSpec] = {d.name: d for d in (_SYNTHETIC, _REAL, _SYNTHIA, _CITY_A, _CITY_B, _CITY_C,
+                                                      _ALLEY_SIM, _ALLEY_REAL)}
+#: the kit's domain pairs for unsupervised adaptation (source -> target): the street world the
+#: recipes were chosen on, and the alleys, on which they are checked
+DA_PAIRS: dict[str, tuple[str, str]] = {"street": ("synthetic", "real"), "alley": ("alley_sim", "alley_real")}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 #: bump when the rendering code changes what an index renders to (invalidates cached models)
 RENDER_VERSION = 7
