@@ -119,7 +119,7 @@ def fit(method: str, cfg: Mapping[str, Any], seed: int = 0, data: Mapping[str, A
         modules, meta = m.train(cfg, seed, ds, spec, fitted, verbose)
         meta = dict(meta)
         if m.watch is not None and m.watch[0] in fitted:   # what adaptation did to the predictions, label-free
-            images, kw = ds[m.watch[1]], {"batch_size": cfg["eval_batch_size"], "amp": cfg["amp"]}
+            images, kw = ds[m.watch[1]], {"batch_size": cfg.get("eval_batch_size", 16), "amp": cfg.get("amp", "auto")}
             meta["class_mix"] = {"start": class_mix(fitted[m.watch[0]].model, images, **kw),
                                  "end": class_mix(modules["model"], images, **kw)}
         state = {name: module.state_dict() for name, module in modules.items()}
@@ -167,7 +167,8 @@ def train(name: str, cfg: Mapping[str, Any]) -> Path | None:
     records (RIPU's ``round_map``); the JSON beside it the method's meta (``history``, its
     evaluations; the baselines' ``target_eval`` on the target val split), what the method's
     :meth:`~kit.methods.base.Method.train_record` adds (DAS3: each stage's evaluation), the
-    resolved ``config``, ``seed``, ``world_size`` and ``global_batch_size``. Returns the path on rank 0, None on the other ranks."""
+    resolved ``config``, ``seed``, ``world_size`` and ``global_batch_size``. Returns the path on
+    rank 0, None on the other ranks."""
     from . import distributed
     from .cache import bypassed, save_checkpoint
 
