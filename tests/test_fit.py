@@ -89,6 +89,7 @@ def test_the_runner_keys_trains_caches_and_loads_any_declared_method(tmp_path):
         methods.register(Toy())
 
 
+@pytest.mark.filterwarnings("ignore::kit.evaluation.CollapseWarning")   # two-iteration models: collapsed indeed
 def test_das3_chains_the_stages(tmp_path):
     """DAS3 stage s is fitted from stage s-1 and stage 1 from the source-only model; the result
     reports every stage of its chain."""
