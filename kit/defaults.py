@@ -264,6 +264,10 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
             "alpha": F(3.0, "method", ("stage1",)),
             "ent_weight": F(1.0, "method", ("stage1",)),
             "div_weight": F(0.1, "method", ("stage1",)),
+            # the weighted mean prediction of the diversity term: "weights" = divided by the sum of the
+            # weights (a distribution; the kit's reading) | "pixels" = by the pixel count, its entropy by
+            # log C (the authors' code, yxiwang/ATP EntropyLoss); see kit.losses.weighted_diversity_loss
+            "diversity_norm": F("weights", "method", ("stage1",)),
             # stage 2: bi-directional self-training
             "top_k": F(0.5, "method", ("stage2", "stage3")),  # share of each class's most confident pixels kept
             # "classwise" (DAS3) | "global" (one threshold, same proportion; ablation)

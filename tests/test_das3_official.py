@@ -376,3 +376,30 @@ def test_stage3_atp_deviations(tiny, labels, teacher):
     assert key_of("das3", deviation, 0, stage=3) != key_of("das3", cfg, 0, stage=3)
     with pytest.raises(ValueError, match="atp_labels"):
         das3_atp.stage3_atp(model, target, dict(cfg, atp_labels="soft"), seed=0)
+
+
+def test_the_authors_diversity_term_is_the_named_option_pixels():
+    """The authors' code (yxiwang/ATP, EntropyLoss, ``gent``): weights ``exp(-3 H)`` detached,
+    ``m_c = sum_i w_i p_ic / N`` over the N pixels, loss ``sum_c m_c log m_c / log C``. The kit's
+    ``norm="pixels"`` matches it in value and gradient; the default (``"weights"``) is the
+    normalized mean ``m / mean(w)``, whose gradient is the authors' times ``log C / mean(w)``."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 11, 4, 6, generator=g) * 2
+    x = logits.double().clone().requires_grad_(True)
+    p = x.softmax(1)
+    h = -(p * torch.log(p + 1e-30)).sum(1) / math.log(11)
+    w = torch.exp(-3 * h).detach()
+    m = (p * w[:, None]).sum((0, 2, 3)) / w.numel()
+    ref = (m * torch.log(m + 1e-30)).sum() / math.log(11)
+    ref.backward()
+    y = logits.clone().requires_grad_(True)
+    got = losses.weighted_diversity_loss(y, 3.0, norm="pixels")
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert torch.allclose(y.grad.double(), x.grad, atol=1e-7)
+    z = logits.clone().requires_grad_(True)
+    losses.weighted_diversity_loss(z, 3.0).backward()
+    assert torch.allclose(z.grad.double() * w.mean() / math.log(11), x.grad, atol=1e-7)
+    assert resolve("smoke", "das3").diversity_norm == "weights"
+    with pytest.raises(ValueError, match="diversity norm"):
+        losses.weighted_diversity_loss(logits, 3.0, norm="batch")

@@ -5,8 +5,9 @@ encoder -> pretraining -> fine-tuning) and their spec -- equal the names recorde
 ``tests/data/model_keys.json``, computed by the per-method key functions of the code before the
 one runner (commit 19436af). A change that must change a key updates the file in a commit
 that says why those models train again (and bumps ``kit.cache.KEY_VERSION`` if it changes what
-a key means). So far one did: DAS3's default focal form became the authors' (``focal_grad``
-"through"), which changed the 30 DAS3 rows (every stage descends from stage 1)."""
+a key means). So far two did, both in DAS3's stage 1, whose change moves every stage's key (the 30
+DAS3 rows): its default focal form became the authors' (``focal_grad`` "through"), and its
+diversity term's normalization became a named field (``diversity_norm``)."""
 from __future__ import annotations
 
 import json

@@ -19,7 +19,7 @@ from .common import check_labels, upsample
 # resolution of the logits they are given (no labels are involved).
 # ==================================================================================
 __all__ = ["normalized_entropy", "entropy_loss", "focal_entropic_loss", "FOCAL_GRAD_MODES",
-           "weighted_diversity_loss", "negative_labels", "negative_pseudo_label_loss", "classwise_thresholds",
+           "weighted_diversity_loss", "DIVERSITY_NORMS", "negative_labels", "negative_pseudo_label_loss", "classwise_thresholds",
            "global_threshold", "positive_pseudo_labels", "confident_pixel_share", "pixel_weighted_seg_loss"]
 
 
@@ -103,7 +103,11 @@ def focal_entropic_loss(logits: torch.Tensor, gamma: float = 5.0, focal_grad: st
     return (factor * h).mean()
 
 
-def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float = 1e-12) -> torch.Tensor:
+DIVERSITY_NORMS = ("weights", "pixels")
+
+
+def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float = 1e-12,
+                            norm: str = "weights") -> torch.Tensor:
     """DAS3's weighted diversity loss [DAS3: weighted diversity loss, stage 1]: minus the entropy (nats) of the confidence-weighted
     batch-mean prediction.
 
@@ -114,6 +118,12 @@ def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float
     entropy term from collapsing every pixel onto a few easy classes. ``alpha = 0`` is the
     unweighted diversity term of SHOT. ``logits`` [B,C,h,w] -> scalar.
 
+    ``norm="pixels"`` is the authors' code (yxiwang/ATP, ``EntropyLoss``, its ``gent`` term):
+    ``m_c = sum_i w_i p_ic / N`` over the N pixels (not a distribution: it sums to the mean
+    weight), and the loss ``sum_c m_c log m_c / log C``. With the weights detached that is the
+    default's loss times ``mean(w) / log C`` plus a constant, so its pull is weaker where the
+    predictions are uncertain; the default (``"weights"``) is the kit's reading, a named deviation.
+
     >>> l = torch.tensor([[2.0, 0.0], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)  # two mirrored pixels
     >>> round(float(weighted_diversity_loss(l, alpha=3.0)), 4)  # p_bar = (0.5, 0.5): -log 2
     -0.6931
@@ -121,8 +131,13 @@ def weighted_diversity_loss(logits: torch.Tensor, alpha: float = 3.0, eps: float
     _check_logits(logits, "weighted_diversity_loss")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if norm not in DIVERSITY_NORMS:
+        raise ValueError(f"diversity norm must be one of {DIVERSITY_NORMS}, got {norm!r}")
     prob = F.softmax(logits.float(), 1)
     w = torch.exp(-alpha * normalized_entropy(prob)).detach()           # [B,h,w]
+    if norm == "pixels":                                                 # the authors' code
+        m = (prob * w[:, None]).sum((0, 2, 3)) / w.numel()
+        return (m * torch.log(m.clamp_min(eps))).sum() / math.log(prob.shape[1])
     p_bar = (prob * w[:, None]).sum((0, 2, 3)) / w.sum().clamp_min(eps)  # [C]
     return (p_bar * torch.log(p_bar.clamp_min(eps))).sum()
 

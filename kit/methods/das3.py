@@ -93,13 +93,15 @@ def stage1_align(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
     focal_grad = cfg["focal_grad"]
     if focal_grad not in losses.FOCAL_GRAD_MODES:
         raise ValueError(f"focal_grad must be one of {losses.FOCAL_GRAD_MODES}, got {focal_grad!r}")
+    if cfg["diversity_norm"] not in losses.DIVERSITY_NORMS:
+        raise ValueError(f"diversity_norm must be one of {losses.DIVERSITY_NORMS}, got {cfg['diversity_norm']!r}")
     model = copy.deepcopy(model)
     for p in model.parameters():
         p.requires_grad_(True)
     for head in _classifiers(model):
         for p in head.parameters():
             p.requires_grad_(False)
-    gamma, alpha = float(cfg["gamma"]), float(cfg["alpha"])
+    gamma, alpha, div_norm = float(cfg["gamma"]), float(cfg["alpha"]), cfg["diversity_norm"]
     w_ent, w_div = float(cfg["ent_weight"]), float(cfg["div_weight"])
 
     def step(batch, engine):
@@ -112,7 +114,7 @@ def stage1_align(model: nn.Module, target: Dataset, cfg: Mapping[str, Any], seed
             l_ent = losses.focal_entropic_loss(logits, gamma, focal_grad)  # sg[(1 - H)^gamma] * H
         else:
             l_ent = losses.entropy_loss(logits)                       # H
-        l_div = losses.weighted_diversity_loss(logits, alpha)         # sum_c p_bar log p_bar
+        l_div = losses.weighted_diversity_loss(logits, alpha, norm=div_norm)   # sum_c p_bar log p_bar
         loss = w_ent * l_ent + w_div * l_div
         loss.backward()
         opt.step()
